@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it. Installs what the tests need that a fresh machine (Rust,
+# Node.js, the OpenSSH client) lacks, then runs format and lint checks and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() { command -v "$1" >/dev/null 2>&1; }
+apt_install() {
+  if need apt-get; then
+    echo "installing $* (Debian packages)" >&2
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    echo "missing: $* (install them with your package manager)" >&2
+    exit 1
+  fi
+}
+
+# The tests drive the real OpenSSH client tools.
+need ssh && need ssh-keygen && need ssh-agent && need sftp || apt_install openssh-client
+
+cargo fmt --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked --all-targets "$@"

@@ -1,0 +1,425 @@
+//! The whole `gateway.toml` as serde types.
+//!
+//! Every section denies unknown keys, and every value that can be wrong is checked *while it is
+//! deserialized* (through `try_from` newtypes), so that a bad value is reported by the TOML parser
+//! with the line and column where it stands, e.g. `gateway.toml:12:10: invalid socket address`.
+//! Relative paths are resolved against the directory of the config file, so the gateway behaves the
+//! same whatever directory it is started from.
+//!
+//! This module depends on nothing else in the crate.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration that could not be loaded, naming the file and, where known, the line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read the config file: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, a wrong type or an invalid value.
+    #[error("{location}: {message}")]
+    Invalid {
+        /// `file:line:column` (or just the file when the parser gave no position).
+        location: String,
+        /// What is wrong, including the offending line.
+        message: String,
+    },
+}
+
+/// The root of `gateway.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[ssh]`: the SSH front.
+    pub ssh: SshConfig,
+    /// `[session]`: what runs for an authenticated user and in which environment.
+    pub session: SessionConfig,
+    /// `[logging]`: log output.
+    pub logging: LoggingConfig,
+}
+
+/// `[ssh]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    /// Address to listen on. Default `127.0.0.1:2222`.
+    pub listen: SocketAddr,
+    /// Ed25519 host key in OpenSSH format; generated (mode 0600) when missing.
+    pub host_key: PathBuf,
+    /// Directory of `<user-id>.keys` files (OpenSSH public-key lines).
+    pub users_dir: PathBuf,
+    /// A connection with no traffic at all for this long is closed (russh's own timer).
+    #[serde(with = "humantime_serde")]
+    pub inactivity_timeout: Duration,
+    /// Keepalive probes are sent after this much silence from the client; 0 disables.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2222)),
+            host_key: PathBuf::from("keys/host_ed25519"),
+            users_dir: PathBuf::from("keys/users"),
+            inactivity_timeout: Duration::from_secs(3600),
+            keepalive_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What to do with `ssh host <words>` that is not a built-in command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExecPolicy {
+    /// Refuse with a one-line message and exit status 1.
+    #[default]
+    Refuse,
+    /// Run the configured program with the words appended as extra arguments (never via a shell).
+    Args,
+}
+
+/// `[session]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// The program and its arguments. Default `["hermes", "--tui"]`.
+    pub command: Argv,
+    /// Extra variable names that also receive the user id (besides `HERMES_DASHBOARD_USER_ID`).
+    pub identity_env: Vec<EnvName>,
+    /// Extra variables; `{user_id}` in a value is replaced by the user id.
+    pub env: BTreeMap<EnvName, Template>,
+    /// Names copied from the gateway's own environment when set (PATH is always copied).
+    pub pass_env: Vec<EnvName>,
+    /// Variables a client may set with `SendEnv`/`SetEnv`; a trailing `*` matches a prefix.
+    pub accept_env: Vec<EnvPattern>,
+    /// Working directory of the program (`{user_id}` expanded; created with mode 0700).
+    pub workdir: Option<Template>,
+    /// What `ssh host <words>` does when the words are not a built-in.
+    pub exec: ExecPolicy,
+    /// How long the program has to exit after SIGHUP before its process group gets SIGKILL.
+    #[serde(with = "humantime_serde")]
+    pub kill_grace: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            command: Argv(vec!["hermes".into(), "--tui".into()]),
+            identity_env: Vec::new(),
+            env: BTreeMap::new(),
+            pass_env: Vec::new(),
+            accept_env: vec![EnvPattern("LANG".into()), EnvPattern("LC_*".into())],
+            workdir: None,
+            exec: ExecPolicy::Refuse,
+            kill_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `[logging]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// Filter used when `RUST_LOG` is unset, e.g. `"info"` or `"hermes_ssh_gateway=debug"`.
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}
+
+/// A non-empty argv list whose first word is non-empty.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Vec<String>")]
+pub struct Argv(pub Vec<String>);
+
+impl TryFrom<Vec<String>> for Argv {
+    type Error = String;
+    fn try_from(v: Vec<String>) -> Result<Self, String> {
+        match v.first() {
+            None => Err("the command must name a program: the list is empty".into()),
+            Some(p) if p.is_empty() => Err("the program name (first word) is empty".into()),
+            _ if v.iter().any(|w| w.contains('\0')) => Err("a word contains a NUL byte".into()),
+            _ => Ok(Argv(v)),
+        }
+    }
+}
+
+/// A valid environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct EnvName(String);
+
+impl EnvName {
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Whether `s` is a valid environment variable name.
+pub fn is_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl TryFrom<String> for EnvName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if is_env_name(&s) {
+            Ok(EnvName(s))
+        } else {
+            Err(format!(
+                "{s:?} is not a valid environment variable name (letters, digits and _, not starting with a digit)"
+            ))
+        }
+    }
+}
+
+/// An environment name, or a prefix ending in `*` (`LC_*`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct EnvPattern(String);
+
+impl EnvPattern {
+    /// Whether `name` matches this pattern.
+    pub fn matches(&self, name: &str) -> bool {
+        match self.0.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == self.0,
+        }
+    }
+}
+
+impl TryFrom<String> for EnvPattern {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let stem = s.strip_suffix('*').unwrap_or(&s);
+        if (stem.is_empty() && s == "*") || !is_env_name(stem) {
+            Err(format!(
+                "{s:?} is not a variable name or a prefix pattern such as \"LC_*\""
+            ))
+        } else {
+            Ok(EnvPattern(s))
+        }
+    }
+}
+
+/// A string in which `{user_id}` is replaced by the user id; no other `{…}` is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Template(String);
+
+/// The one placeholder templates know.
+pub const USER_ID_PLACEHOLDER: &str = "{user_id}";
+
+impl Template {
+    /// The raw template text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// Whether the template mentions `{user_id}`.
+    pub fn uses_user_id(&self) -> bool {
+        self.0.contains(USER_ID_PLACEHOLDER)
+    }
+    /// The text with every `{user_id}` replaced by `value`. Callers pass only validated user ids
+    /// (see `identity::UserId`), which can never contain `/` or be `.`/`..`.
+    pub fn expand(&self, value: &str) -> String {
+        self.0.replace(USER_ID_PLACEHOLDER, value)
+    }
+}
+
+impl TryFrom<String> for Template {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.contains('\0') {
+            return Err("the value contains a NUL byte".into());
+        }
+        let rest = s.replace(USER_ID_PLACEHOLDER, "");
+        if rest.contains('{') || rest.contains('}') {
+            return Err(format!(
+                "{s:?}: the only placeholder is {USER_ID_PLACEHOLDER} (braces are not allowed otherwise)"
+            ));
+        }
+        Ok(Template(s))
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`; relative paths inside are resolved against its directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg = Config::parse(&text, &path.display().to_string())?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        Ok(cfg)
+    }
+
+    /// Parses TOML text; `origin` names the source in error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| located(origin, text, &e))?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    /// Checks that need more than one value at a time.
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            location: origin.to_owned(),
+            message,
+        };
+        if let Some(w) = &self.session.workdir {
+            if w.as_str().is_empty() {
+                return Err(invalid("[session] workdir: must not be empty".into()));
+            }
+        }
+        for name in &self.session.identity_env {
+            if self.session.env.contains_key(name) {
+                return Err(invalid(format!(
+                    "[session.env] {}: this name is in [session] identity_env; identity variables are set by the gateway only",
+                    name.as_str()
+                )));
+            }
+        }
+        if self.session.env.keys().any(|k| k.as_str() == IDENTITY_VAR) {
+            return Err(invalid(format!(
+                "[session.env] {IDENTITY_VAR}: identity variables are set by the gateway only"
+            )));
+        }
+        if self.ssh.inactivity_timeout.is_zero() {
+            return Err(invalid(
+                "[ssh] inactivity_timeout: must be more than 0 (use a large value such as \"30d\" to effectively disable it)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut self.ssh.host_key);
+        abs(&mut self.ssh.users_dir);
+    }
+}
+
+/// The variable that always carries the user id.
+pub const IDENTITY_VAR: &str = "HERMES_DASHBOARD_USER_ID";
+
+/// Turns a toml error into `origin:line:col: message` plus the offending line.
+fn located(origin: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim().to_owned();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+            let src = text.lines().nth(line - 1).unwrap_or("").trim_end();
+            ConfigError::Invalid {
+                location: format!("{origin}:{line}:{col}"),
+                message: format!("{message}\n    {line} | {src}"),
+            }
+        }
+        None => ConfigError::Invalid {
+            location: origin.to_owned(),
+            message,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        match Config::parse(text, "g.toml") {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted: {text}"),
+        }
+    }
+
+    #[test]
+    fn empty_config_gives_defaults() {
+        let c = Config::parse("", "g.toml").unwrap();
+        assert_eq!(c.ssh.listen.to_string(), "127.0.0.1:2222");
+        assert_eq!(c.session.command.0, vec!["hermes", "--tui"]);
+        assert_eq!(c.session.exec, ExecPolicy::Refuse);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let e = err("[ssh]\nlisten = \"127.0.0.1:1\"\nlisten_addr = \"x\"\n");
+        assert!(e.starts_with("g.toml:3:1: "), "{e}");
+        assert!(e.contains("listen_addr"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_and_bad_values_are_located() {
+        assert!(err("[ssh]\nlisten = 5\n").starts_with("g.toml:2:"));
+        assert!(err("[ssh]\nlisten = \"nowhere\"\n").starts_with("g.toml:2:"));
+        let e = err("[session]\nkill_grace = \"soon\"\n");
+        assert!(e.starts_with("g.toml:2:"), "{e}");
+        let e = err("[session]\ncommand = []\n");
+        assert!(e.contains("empty"), "{e}");
+        let e = err("[session]\nidentity_env = [\"1BAD\"]\n");
+        assert!(e.contains("1BAD") && e.starts_with("g.toml:2:"), "{e}");
+        let e = err("[session.env]\nX = \"{home}/a\"\n");
+        assert!(e.contains("{user_id}"), "{e}");
+        let e = err("[session]\nexec = \"shell\"\n");
+        assert!(e.starts_with("g.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn identity_variables_cannot_be_configured_as_plain_env() {
+        let e = err("[session.env]\nHERMES_DASHBOARD_USER_ID = \"x\"\n");
+        assert!(e.contains("HERMES_DASHBOARD_USER_ID"), "{e}");
+        let e = err("[session]\nidentity_env=[\"A\"]\n[session.env]\nA = \"x\"\n");
+        assert!(e.contains("identity_env"), "{e}");
+    }
+
+    #[test]
+    fn durations_are_strings() {
+        let c = Config::parse("[session]\nkill_grace = \"500ms\"\n", "g").unwrap();
+        assert_eq!(c.session.kill_grace, Duration::from_millis(500));
+        let c = Config::parse("[ssh]\ninactivity_timeout = \"12h\"\n", "g").unwrap();
+        assert_eq!(c.ssh.inactivity_timeout, Duration::from_secs(12 * 3600));
+    }
+
+    #[test]
+    fn env_patterns() {
+        let p = EnvPattern::try_from("LC_*".to_string()).unwrap();
+        assert!(p.matches("LC_ALL") && !p.matches("LANG"));
+        assert!(EnvPattern::try_from("*".to_string()).is_err());
+        assert!(EnvPattern::try_from("LA NG".to_string()).is_err());
+    }
+
+    #[test]
+    fn shipped_config_parses() {
+        let text = include_str!("../gateway.toml");
+        Config::parse(text, "gateway.toml").unwrap();
+    }
+}

@@ -1,0 +1,12 @@
+//! The identity core: user ids, identities and the key registry.
+//!
+//! This module is shared by every front (SSH today, the web later) and therefore imports neither
+//! russh nor axum: keys are `ssh_key` types, identities are plain data.
+
+pub mod keys;
+pub mod principal;
+pub mod user_id;
+
+pub use keys::KeyRegistry;
+pub use principal::{AuthMethod, Identity};
+pub use user_id::{InvalidUserId, UserId};

@@ -1,0 +1,15 @@
+//! hermes-ssh-gateway: an SSH gateway that runs a terminal program (by default `hermes --tui`)
+//! and tells it who is typing.
+//!
+//! Module map (arrows point one way): `ssh` → `identity`, `launcher` → `config`.
+//! The identity core and the launcher know no front; `main.rs` only wires things.
+
+// One audited exception lives in launcher::process (borrowing portable-pty's raw master fd).
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod identity;
+pub mod launcher;
+pub mod ssh;
+pub mod tui;

@@ -1,0 +1,318 @@
+//! The russh `Handler`: thin. Each callback turns into a call on [`Authenticator`] or
+//! [`Channels`] and a protocol answer; refusals are logged with the user id.
+
+use std::sync::Arc;
+
+use russh::keys::ssh_key::PublicKey;
+use russh::server::ChannelOpenHandle;
+use russh::server::{Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, Pty};
+use tracing::Span;
+
+use super::auth::{fp, Authenticator, Decision};
+use super::session::{Channels, PtyParams, Request};
+use super::SshContext;
+use crate::launcher::{ControlChar, ModeFlag, TermSize, TerminalModes};
+
+/// One connection's handler.
+pub struct ConnectionHandler {
+    auth: Authenticator,
+    channels: Channels,
+    span: Span,
+}
+
+impl ConnectionHandler {
+    /// A handler for a new connection, logging into `span`.
+    pub fn new(ctx: Arc<SshContext>, span: Span) -> ConnectionHandler {
+        ConnectionHandler {
+            auth: Authenticator::new(ctx.registry.clone()),
+            channels: Channels::new(ctx, span.clone()),
+            span,
+        }
+    }
+
+    fn user(&self) -> &str {
+        self.auth
+            .identity()
+            .map(|i| i.user_id.as_str())
+            .unwrap_or("-")
+    }
+
+    fn refuse(&self, what: &str) {
+        tracing::warn!(parent: &self.span, user = self.user(), "refused: {what}");
+    }
+
+    fn reply(session: &mut Session, channel: ChannelId, ok: bool) -> Result<(), russh::Error> {
+        if ok {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
+    }
+}
+
+fn reject() -> Auth {
+    Auth::Reject {
+        proceed_with_methods: None,
+        partial_success: false,
+    }
+}
+
+impl russh::server::Handler for ConnectionHandler {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        match self.auth.offered(offer.public_key) {
+            Ok(()) => Ok(Auth::Accept),
+            Err(reason) => {
+                tracing::info!(parent: &self.span, key = %fp(offer.public_key), reason, "publickey refused");
+                Ok(reject())
+            }
+        }
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        _user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let pk: &PublicKey = key.public_key;
+        match self.auth.verified(pk) {
+            Decision::Accept(id) => {
+                self.span.record("user", id.user_id.as_str());
+                tracing::info!(parent: &self.span, user = %id.user_id, method = %id.method, key = %fp(pk), "authenticated");
+                Ok(Auth::Accept)
+            }
+            Decision::Reject(reason) => {
+                tracing::info!(parent: &self.span, key = %fp(pk), reason, "publickey refused");
+                Ok(reject())
+            }
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.auth.identity().is_none() {
+            // Dropping `reply` rejects the channel.
+            self.refuse("session channel before authentication");
+            return Ok(());
+        }
+        reply.accept().await;
+        self.channels.open(channel);
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.close(channel);
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        col_width: u32,
+        row_height: u32,
+        pix_width: u32,
+        pix_height: u32,
+        modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let params = PtyParams {
+            term: term.to_owned(),
+            size: TermSize::clamped(col_width, row_height, pix_width, pix_height),
+            modes: terminal_modes(modes),
+        };
+        let ok = self.channels.pty_request(channel, params);
+        Self::reply(session, channel, ok)
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        col_width: u32,
+        row_height: u32,
+        pix_width: u32,
+        pix_height: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // window-change never wants a reply (RFC 4254 §6.7).
+        let size = TermSize::clamped(col_width, row_height, pix_width, pix_height);
+        self.channels.window_change(channel, size);
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        variable_name: &str,
+        variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let user = self.user().to_owned();
+        let ok = self
+            .channels
+            .env_request(channel, variable_name, variable_value, &user);
+        Self::reply(session, channel, ok)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let ok = match self.auth.identity() {
+            Some(id) => self.channels.start(channel, id, Request::Shell),
+            None => false,
+        };
+        Self::reply(session, channel, ok)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let command = String::from_utf8_lossy(data).into_owned();
+        let ok = match self.auth.identity() {
+            Some(id) => self.channels.start(channel, id, Request::Exec(command)),
+            None => false,
+        };
+        Self::reply(session, channel, ok)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse(&format!("subsystem {name:?}"));
+        session.channel_failure(channel)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("X11 forwarding");
+        session.channel_failure(channel)
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse("agent forwarding");
+        Ok(false)
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        _reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse(&format!(
+            "local port forwarding to {host_to_connect}:{port_to_connect}"
+        ));
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        socket_path: &str,
+        _reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse(&format!("unix socket forwarding to {socket_path:?}"));
+        Ok(())
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        _originator_address: &str,
+        _originator_port: u32,
+        _reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("X11 channel");
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse(&format!("remote port forwarding from {address}:{port}"));
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse(&format!("remote unix socket forwarding {socket_path:?}"));
+        Ok(false)
+    }
+}
+
+/// RFC 4254 terminal modes → the launcher's plain types (only the ones that matter for a TUI).
+fn terminal_modes(modes: &[(Pty, u32)]) -> TerminalModes {
+    let mut out = TerminalModes::default();
+    for &(mode, value) in modes {
+        let ch = |c: ControlChar| (c, value.min(255) as u8);
+        let flag = |f: ModeFlag| (f, value != 0);
+        match mode {
+            Pty::VINTR => out.chars.push(ch(ControlChar::Intr)),
+            Pty::VQUIT => out.chars.push(ch(ControlChar::Quit)),
+            Pty::VERASE => out.chars.push(ch(ControlChar::Erase)),
+            Pty::VKILL => out.chars.push(ch(ControlChar::Kill)),
+            Pty::VEOF => out.chars.push(ch(ControlChar::Eof)),
+            Pty::VSUSP => out.chars.push(ch(ControlChar::Susp)),
+            Pty::VWERASE => out.chars.push(ch(ControlChar::Werase)),
+            Pty::VLNEXT => out.chars.push(ch(ControlChar::Lnext)),
+            Pty::VREPRINT => out.chars.push(ch(ControlChar::Rprnt)),
+            Pty::ICRNL => out.flags.push(flag(ModeFlag::Icrnl)),
+            Pty::IXON => out.flags.push(flag(ModeFlag::Ixon)),
+            Pty::IUTF8 => out.flags.push(flag(ModeFlag::Iutf8)),
+            Pty::ISIG => out.flags.push(flag(ModeFlag::Isig)),
+            Pty::ICANON => out.flags.push(flag(ModeFlag::Icanon)),
+            Pty::ECHO => out.flags.push(flag(ModeFlag::Echo)),
+            Pty::ECHOE => out.flags.push(flag(ModeFlag::Echoe)),
+            Pty::ECHOK => out.flags.push(flag(ModeFlag::Echok)),
+            Pty::OPOST => out.flags.push(flag(ModeFlag::Opost)),
+            Pty::ONLCR => out.flags.push(flag(ModeFlag::Onlcr)),
+            _ => {}
+        }
+    }
+    out
+}

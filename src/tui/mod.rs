@@ -1,0 +1,5 @@
+//! Terminal screens drawn with ratatui: the fallback screen shown when the program cannot start,
+//! and `demo-tui`, a small program to try the gateway without Hermes.
+
+pub mod demo;
+pub mod fallback;

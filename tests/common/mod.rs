@@ -1,0 +1,395 @@
+//! Test harness: runs the real `hermes-ssh-gateway` binary on 127.0.0.1 port 0 and drives the
+//! real OpenSSH client against it. Everything a test starts is stopped on Drop.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_hermes-ssh-gateway");
+
+/// An ed25519 key pair made by ssh-keygen.
+#[derive(Clone, Debug)]
+pub struct Keypair {
+    pub private: PathBuf,
+    pub public_line: String,
+}
+
+impl Keypair {
+    pub fn new(dir: &Path, name: &str) -> Keypair {
+        let private = dir.join(name);
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&private)
+            .status()
+            .expect("ssh-keygen runs");
+        assert!(st.success());
+        let public_line = std::fs::read_to_string(private.with_extension("pub"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        Keypair {
+            private,
+            public_line,
+        }
+    }
+
+    /// `SHA256:…` as ssh-keygen prints it.
+    pub fn fingerprint(&self) -> String {
+        let out = Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(self.private.with_extension("pub"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    }
+}
+
+/// A gateway process with its own directory, config and log.
+pub struct Gateway {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: PathBuf,
+    log: Arc<Mutex<String>>,
+}
+
+/// A config with the test defaults (port 0, paths inside `dir`) plus `extra` TOML appended.
+/// `extra` must not repeat the `[ssh]` table header; use `ssh_extra` for keys inside it.
+pub fn config(ssh_extra: &str, extra: &str) -> String {
+    format!("[ssh]\nlisten = \"127.0.0.1:0\"\n{ssh_extra}\n{extra}\n")
+}
+
+impl Gateway {
+    /// Writes `config_text` to `dir/gateway.toml` and starts the gateway on it.
+    pub fn start(dir: &Path, config_text: &str) -> Gateway {
+        Self::start_with_env(dir, config_text, &[])
+    }
+
+    pub fn start_with_env(dir: &Path, config_text: &str, env: &[(&str, &str)]) -> Gateway {
+        std::fs::create_dir_all(dir.join("keys/users")).unwrap();
+        std::fs::write(dir.join("gateway.toml"), config_text).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
+            .arg(dir.join("gateway.toml"))
+            .env("RUST_LOG", "info,hermes_ssh_gateway=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("gateway starts");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("GATEWAY_LOG").is_some() {
+                    eprintln!("gw| {line}");
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let mut gw = Gateway {
+            child: Some(child),
+            port: 0,
+            dir: dir.to_owned(),
+            log,
+        };
+        let line = gw
+            .wait_log("listening", Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("gateway did not start; log:\n{}", gw.log()));
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr=127.0.0.1:"))
+            .expect("listening line names the address");
+        gw.port = addr.parse().unwrap();
+        gw
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until a log line contains `needle`; returns that line.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.log().lines().find(|l| l.contains(needle)) {
+                return Some(l.to_owned());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Adds (or replaces) `users_dir/<user>.keys`.
+    pub fn set_keys(&self, user: &str, text: &str) {
+        let path = self.dir.join("keys/users").join(format!("{user}.keys"));
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+
+    /// An `ssh` command for this gateway with `key`, ignoring every user config and agent.
+    pub fn ssh(&self, key: &Keypair) -> Command {
+        let mut c = Command::new("ssh");
+        c.args(ssh_base_args(self.port))
+            .arg("-i")
+            .arg(&key.private)
+            // No agent: only the key given is used (a test may set its own agent).
+            .env_remove("SSH_AUTH_SOCK")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// SIGTERM, then wait for exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        wait_timeout(&mut child, Duration::from_secs(10)).expect("gateway exits on SIGTERM")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn ssh_base_args(port: u16) -> Vec<String> {
+    [
+        "-F",
+        "/dev/null",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=10",
+        "-p",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([port.to_string(), "-o".into(), "User=tester".into()])
+    .collect()
+}
+
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs `cmd` to completion with a time limit (killing it past that).
+pub fn run(mut cmd: Command, timeout: Duration) -> Output {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("command starts");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let status = match wait_timeout(&mut child, timeout) {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            panic!("command timed out after {timeout:?}: {cmd:?}");
+        }
+    };
+    Output {
+        status,
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Retries `f` until it returns true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The pids whose process group is `pgid` (from /proc).
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the ")" that closes the command name: state ppid pgrp ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(2).and_then(|f| f.parse::<i32>().ok()) == Some(pgid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The ssh client running inside a PTY, as a person would use it.
+pub struct PtyClient {
+    master: Box<dyn portable_pty::MasterPty + Send>,
+    writer: Box<dyn Write + Send>,
+    child: Box<dyn portable_pty::Child + Send + Sync>,
+    screen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl PtyClient {
+    /// Starts `ssh` with `args` in a PTY of `cols`×`rows`.
+    pub fn spawn(args: &[String], cols: u16, rows: u16) -> PtyClient {
+        use portable_pty::{CommandBuilder, PtySize};
+        let pair = portable_pty::native_pty_system()
+            .openpty(PtySize {
+                rows,
+                cols,
+                pixel_width: 0,
+                pixel_height: 0,
+            })
+            .unwrap();
+        let mut cmd = CommandBuilder::new("ssh");
+        cmd.args(args);
+        cmd.env_remove("SSH_AUTH_SOCK");
+        let child = pair.slave.spawn_command(cmd).unwrap();
+        drop(pair.slave);
+        let mut reader = pair.master.try_clone_reader().unwrap();
+        let writer = pair.master.take_writer().unwrap();
+        let screen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = screen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                s2.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        PtyClient {
+            master: pair.master,
+            writer,
+            child,
+            screen,
+        }
+    }
+
+    /// Everything the client printed, raw.
+    pub fn output(&self) -> String {
+        text(&self.screen.lock().unwrap())
+    }
+
+    /// The terminal screen as a person sees it (escape sequences interpreted by vt100).
+    pub fn screen(&self) -> String {
+        let size = self.master.get_size().unwrap();
+        let mut parser = vt100::Parser::new(size.rows, size.cols, 0);
+        parser.process(&self.screen.lock().unwrap());
+        parser.screen().contents()
+    }
+
+    /// Waits until the screen shows `needle`.
+    pub fn expect_screen(&self, needle: &str, timeout: Duration) -> bool {
+        eventually(timeout, || self.screen().contains(needle))
+    }
+
+    /// Waits until the output (since the start) contains `needle`.
+    pub fn expect(&self, needle: &str, timeout: Duration) -> bool {
+        eventually(timeout, || self.output().contains(needle))
+    }
+
+    pub fn send(&mut self, s: &str) {
+        self.writer.write_all(s.as_bytes()).unwrap();
+        self.writer.flush().unwrap();
+    }
+
+    pub fn resize(&self, cols: u16, rows: u16) {
+        self.master
+            .resize(portable_pty::PtySize {
+                rows,
+                cols,
+                pixel_width: 0,
+                pixel_height: 0,
+            })
+            .unwrap();
+    }
+
+    pub fn wait(&mut self, timeout: Duration) -> Option<u32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st.exit_code());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.process_id()
+    }
+}
+
+impl Drop for PtyClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
