@@ -118,6 +118,22 @@ fn whoami_prints_the_identity_as_one_json_line() {
 }
 
 #[test]
+fn ecdsa_and_rsa_keys_work_too() {
+    let (tmp, gw, _key) = setup("");
+    let ecdsa = Keypair::of_type(tmp.path(), "ec", &["-t", "ecdsa", "-b", "256"]);
+    let rsa = Keypair::of_type(tmp.path(), "rsa", &["-t", "rsa", "-b", "3072"]);
+    gw.set_keys("bob", &format!("{}\n{}\n", ecdsa.public_line, rsa.public_line));
+    assert!(gw.wait_log("users=2", T).is_some());
+    for key in [&ecdsa, &rsa] {
+        let mut ssh = gw.ssh(key);
+        ssh.args(["127.0.0.1", "whoami"]);
+        let out = run(ssh, T);
+        assert!(text(&out.stdout).contains("\"bob\""), "{out:?}");
+        assert!(text(&out.stdout).contains(&key.fingerprint()));
+    }
+}
+
+#[test]
 fn other_exec_commands_are_refused_with_status_1() {
     let (_tmp, gw, key) = setup("");
     let mut ssh = gw.ssh(&key);

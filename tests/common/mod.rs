@@ -19,9 +19,15 @@ pub struct Keypair {
 
 impl Keypair {
     pub fn new(dir: &Path, name: &str) -> Keypair {
+        Self::of_type(dir, name, &["-t", "ed25519"])
+    }
+
+    /// A key of another type, e.g. `&["-t", "rsa", "-b", "3072"]`.
+    pub fn of_type(dir: &Path, name: &str, type_args: &[&str]) -> Keypair {
         let private = dir.join(name);
         let st = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .args(type_args)
+            .args(["-q", "-N", "", "-C", name, "-f"])
             .arg(&private)
             .status()
             .expect("ssh-keygen runs");

@@ -1,0 +1,192 @@
+// A real OpenID provider for the gateway's tests: oidc-provider on 127.0.0.1, two users, the
+// device grant for a public client, and a few test-only controls.
+//
+// Usage: node server.mjs            (env: PORT=0, INTERVAL=1, DEVICE_TTL=600, REDIRECT_URIS=a,b)
+// Prints one JSON line {"issuer": "http://127.0.0.1:PORT"} on stdout once it listens.
+//
+// Test controls (plain HTTP, JSON):
+//   POST /test/config {"slow_down": N, "token_mode": "normal|foreign_aud|foreign_key|alg_none|hs256_pubkey"}
+//        slow_down: answer the next N token requests with `slow_down`
+//        token_mode: rewrite the ID token of the next token responses (to test the gateway's checks)
+//   GET  /test/polls  -> {"count": N, "times": [ms since epoch, ...]} token requests seen
+//   GET  /interaction/:uid -> {"uid", "prompt"};  POST /interaction/:uid/login (form: login=alice)
+//        logs the user in and grants the requested scopes (login and consent in one step).
+//
+// oidc-provider omits `interval` from the device authorization response and never sends
+// `slow_down` by itself; the middleware below adds both so the gateway's polling is exercised.
+
+import http from 'node:http';
+import crypto from 'node:crypto';
+import Provider from 'oidc-provider';
+import * as jose from 'jose';
+
+const PORT = Number(process.env.PORT || 0);
+const INTERVAL = Number(process.env.INTERVAL || 1);
+const DEVICE_TTL = Number(process.env.DEVICE_TTL || 600);
+const REDIRECT_URIS = (process.env.REDIRECT_URIS || 'http://127.0.0.1/unused').split(',');
+
+const USERS = {
+  alice: {
+    email: 'alice@example.com', email_verified: true, name: 'Alice Example',
+    preferred_username: 'alice', groups: ['hermes-users', 'staff'],
+  },
+  bob: {
+    email: 'bob@other.org', email_verified: true, name: 'Bob Other',
+    preferred_username: 'bob', groups: ['staff'],
+  },
+  carol: {
+    email: 'carol@example.com', email_verified: false, name: 'Carol Unverified',
+    preferred_username: 'carol', groups: ['hermes-users'],
+  },
+};
+
+const state = { slowDown: 0, tokenMode: 'normal', polls: [] };
+
+const { privateKey, publicKey } = await jose.generateKeyPair('RS256', { extractable: true });
+const signingJwk = { ...(await jose.exportJWK(privateKey)), kid: 'test-key-1', alg: 'RS256', use: 'sig' };
+const foreign = await jose.generateKeyPair('RS256', { extractable: true });
+const publicPem = await jose.exportSPKI(publicKey);
+
+const server = http.createServer();
+await new Promise((resolve) => server.listen(PORT, '127.0.0.1', resolve));
+const issuer = `http://127.0.0.1:${server.address().port}`;
+
+const provider = new Provider(issuer, {
+  clients: [
+    {
+      client_id: 'hermes-gateway',
+      token_endpoint_auth_method: 'none',
+      grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      redirect_uris: REDIRECT_URIS,
+    },
+    {
+      client_id: 'hermes-confidential',
+      client_secret: 'test-secret-please-change',
+      grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      redirect_uris: REDIRECT_URIS,
+    },
+  ],
+  jwks: { keys: [signingJwk] },
+  features: {
+    deviceFlow: { enabled: true },
+    devInteractions: { enabled: false },
+    userinfo: { enabled: true },
+  },
+  scopes: ['openid', 'email', 'profile', 'groups', 'offline_access'],
+  claims: {
+    openid: ['sub'],
+    email: ['email', 'email_verified'],
+    profile: ['name', 'preferred_username'],
+    groups: ['groups'],
+  },
+  // Puts the scope's claims (email, groups, …) into the ID token, as many IdPs do.
+  conformIdTokenClaims: false,
+  ttl: { DeviceCode: DEVICE_TTL, AccessToken: 3600, IdToken: 3600, Interaction: 3600, Session: 3600, Grant: 3600 },
+  interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
+  findAccount: (ctx, id) => (USERS[id] ? { accountId: id, claims: () => ({ sub: id, ...USERS[id] }) } : undefined),
+  pkce: { required: () => false },
+  cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
+  renderError: (ctx, out) => { ctx.type = 'json'; ctx.body = out; },
+});
+provider.proxy = false;
+
+function readBody(req) {
+  return new Promise((resolve) => {
+    let data = '';
+    req.on('data', (c) => { data += c; });
+    req.on('end', () => resolve(data));
+  });
+}
+
+function b64url(buf) { return Buffer.from(buf).toString('base64url'); }
+
+async function rewriteIdToken(idToken, mode) {
+  const [h, p] = idToken.split('.');
+  const header = JSON.parse(Buffer.from(h, 'base64url'));
+  const payload = JSON.parse(Buffer.from(p, 'base64url'));
+  switch (mode) {
+    case 'foreign_aud':
+      return new jose.SignJWT({ ...payload, aud: 'some-other-client', azp: 'some-other-client' })
+        .setProtectedHeader(header).sign(privateKey);
+    case 'foreign_key':
+      // Same kid as the real key: only the signature can tell it apart.
+      return new jose.SignJWT(payload).setProtectedHeader(header).sign(foreign.privateKey);
+    case 'alg_none':
+      return `${b64url(JSON.stringify({ alg: 'none', typ: 'JWT' }))}.${p}.`;
+    case 'hs256_pubkey': {
+      const hh = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT', kid: header.kid }));
+      const sig = crypto.createHmac('sha256', publicPem).update(`${hh}.${p}`).digest();
+      return `${hh}.${p}.${b64url(sig)}`;
+    }
+    case 'expired':
+      return new jose.SignJWT({ ...payload, exp: Math.floor(Date.now() / 1000) - 3600, iat: Math.floor(Date.now() / 1000) - 7200 })
+        .setProtectedHeader(header).sign(privateKey);
+    default:
+      return idToken;
+  }
+}
+
+provider.use(async (ctx, next) => {
+  // Test controls.
+  if (ctx.path === '/test/config' && ctx.method === 'POST') {
+    const cfg = JSON.parse((await readBody(ctx.req)) || '{}');
+    if (cfg.slow_down !== undefined) state.slowDown = Number(cfg.slow_down);
+    if (cfg.token_mode !== undefined) state.tokenMode = String(cfg.token_mode);
+    ctx.body = { ok: true };
+    return;
+  }
+  if (ctx.path === '/test/polls') {
+    ctx.body = { count: state.polls.length, times: state.polls };
+    return;
+  }
+
+  // Login + consent in one step, driven by plain HTTP from the tests.
+  const m = ctx.path.match(/^\/interaction\/([^/]+)(\/login)?$/);
+  if (m) {
+    const details = await provider.interactionDetails(ctx.req, ctx.res);
+    if (!m[2]) {
+      ctx.body = { uid: details.uid, prompt: details.prompt.name, client_id: details.params.client_id };
+      return;
+    }
+    const form = new URLSearchParams(await readBody(ctx.req));
+    const accountId = form.get('login');
+    if (!USERS[accountId]) {
+      ctx.status = 400;
+      ctx.body = { error: 'unknown user' };
+      return;
+    }
+    const grant = new provider.Grant({ accountId, clientId: details.params.client_id });
+    grant.addOIDCScope(details.params.scope || 'openid');
+    const grantId = await grant.save();
+    await provider.interactionFinished(ctx.req, ctx.res, { login: { accountId }, consent: { grantId } }, { mergeWithLastSubmission: false });
+    ctx.respond = false;
+    return;
+  }
+
+  // Every token request counts as a poll: in the tests only the gateway's device-code polls
+  // reach /token while a device flow runs (reading the body here would consume it).
+  if (ctx.path === '/token' && ctx.method === 'POST') {
+    state.polls.push(Date.now());
+    if (state.slowDown > 0) {
+      state.slowDown -= 1;
+      ctx.status = 400;
+      ctx.body = { error: 'slow_down', error_description: 'polling too fast (test)' };
+      return;
+    }
+  }
+
+  await next();
+
+  if (ctx.path === '/device/auth' && ctx.status === 200 && ctx.body && typeof ctx.body === 'object') {
+    ctx.body = { ...ctx.body, interval: INTERVAL };
+  }
+  if (ctx.path === '/token' && ctx.status === 200 && ctx.body && ctx.body.id_token && state.tokenMode !== 'normal') {
+    ctx.body = { ...ctx.body, id_token: await rewriteIdToken(ctx.body.id_token, state.tokenMode) };
+  }
+});
+
+server.on('request', provider.callback());
+process.stdout.write(`${JSON.stringify({ issuer })}\n`);
+process.on('SIGTERM', () => process.exit(0));
