@@ -46,6 +46,123 @@ pub struct Config {
     pub session: SessionConfig,
     /// `[logging]`: log output.
     pub logging: LoggingConfig,
+    /// `[oidc]`: sign-in with an identity provider (device flow). Absent: key-only.
+    pub oidc: Option<OidcConfig>,
+    /// `[state]`: where durable state (key enrollments) lives.
+    pub state: StateConfig,
+}
+
+/// `[oidc]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The issuer URL (https; http only for loopback addresses, for testing).
+    pub issuer: IssuerUrl,
+    /// The client id registered at the IdP (allowed the device grant).
+    pub client_id: String,
+    /// Secret of a confidential client (omit for a public client). Never logged.
+    #[serde(default)]
+    pub client_secret: Option<secrecy::SecretString>,
+    /// Scopes requested.
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    /// The claim that becomes the user id (`sub`, `email`, `preferred_username`, any string claim).
+    #[serde(default = "default_user_id_claim")]
+    pub user_id_claim: String,
+    /// Prepended to the claim's value, e.g. `"corp:"`.
+    #[serde(default)]
+    pub user_id_prefix: String,
+    /// The claim holding the user's groups.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// When non-empty, only members of one of these groups may sign in.
+    #[serde(default)]
+    pub allowed_groups: Vec<String>,
+    /// When non-empty, only verified emails in these domains may sign in.
+    #[serde(default)]
+    pub allowed_email_domains: Vec<String>,
+    /// How long a key proven during a device login stays bound to the user ("0s": never bound).
+    #[serde(default = "default_enroll_ttl", with = "humantime_serde")]
+    pub enroll_ttl: Duration,
+    /// Clock skew tolerated on `exp`/`iat`.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Most connections waiting to sign in, overall.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: usize,
+    /// Most connections waiting to sign in from one source address.
+    #[serde(default = "default_max_pending_per_ip")]
+    pub max_pending_per_ip: usize,
+    /// A connection still signing in after this long is closed (the device code's own expiry
+    /// ends a sign-in earlier when it is shorter).
+    #[serde(default = "default_pending_timeout", with = "humantime_serde")]
+    pub pending_timeout: Duration,
+}
+
+fn default_scopes() -> Vec<String> {
+    vec!["openid".into(), "email".into(), "profile".into()]
+}
+fn default_user_id_claim() -> String {
+    "sub".into()
+}
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+fn default_enroll_ttl() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_pending() -> usize {
+    64
+}
+fn default_max_pending_per_ip() -> usize {
+    4
+}
+fn default_pending_timeout() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+/// An issuer URL: https, or http on a loopback address (for local testing only).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct IssuerUrl(pub url::Url);
+
+impl TryFrom<String> for IssuerUrl {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let u = url::Url::parse(&s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+        let loopback = match u.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d == "localhost",
+            None => false,
+        };
+        match u.scheme() {
+            "https" => Ok(IssuerUrl(u)),
+            "http" if loopback => Ok(IssuerUrl(u)),
+            _ => Err(format!(
+                "{s:?}: the issuer must use https (http is accepted only on a loopback address)"
+            )),
+        }
+    }
+}
+
+/// `[state]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Directory for the embedded state (created, mode 0700).
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: PathBuf::from("state"),
+        }
+    }
 }
 
 /// `[ssh]`
@@ -308,6 +425,25 @@ impl Config {
                 "[session.env] {IDENTITY_VAR}: identity variables are set by the gateway only"
             )));
         }
+        if let Some(o) = &self.oidc {
+            if o.client_id.is_empty() {
+                return Err(invalid("[oidc] client_id: must not be empty".into()));
+            }
+            if o.user_id_claim.is_empty() {
+                return Err(invalid("[oidc] user_id_claim: must not be empty".into()));
+            }
+            if !o.scopes.iter().any(|s| s == "openid") {
+                return Err(invalid(
+                    "[oidc] scopes: must include \"openid\" (the ID token carries the identity)"
+                        .into(),
+                ));
+            }
+            if o.max_pending == 0 || o.max_pending_per_ip == 0 {
+                return Err(invalid(
+                    "[oidc] max_pending, max_pending_per_ip: must be at least 1".into(),
+                ));
+            }
+        }
         if self.ssh.inactivity_timeout.is_zero() {
             return Err(invalid(
                 "[ssh] inactivity_timeout: must be more than 0 (use a large value such as \"30d\" to effectively disable it)".into(),
@@ -324,6 +460,7 @@ impl Config {
         };
         abs(&mut self.ssh.host_key);
         abs(&mut self.ssh.users_dir);
+        abs(&mut self.state.dir);
     }
 }
 
@@ -407,6 +544,30 @@ mod tests {
         assert_eq!(c.session.kill_grace, Duration::from_millis(500));
         let c = Config::parse("[ssh]\ninactivity_timeout = \"12h\"\n", "g").unwrap();
         assert_eq!(c.ssh.inactivity_timeout, Duration::from_secs(12 * 3600));
+    }
+
+    #[test]
+    fn oidc_section() {
+        let c = Config::parse(
+            "[oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"gw\"\nclient_secret = \"s3cr3t\"\n",
+            "g",
+        )
+        .unwrap();
+        let o = c.oidc.unwrap();
+        assert_eq!(o.user_id_claim, "sub");
+        assert_eq!(o.enroll_ttl, Duration::from_secs(30 * 24 * 3600));
+        assert!(!format!("{o:?}").contains("s3cr3t"), "secrets never print");
+        let e = err("[oidc]\nissuer = \"http://idp.example.com\"\nclient_id = \"gw\"\n");
+        assert!(e.contains("https") && e.starts_with("g.toml:2:"), "{e}");
+        assert!(Config::parse(
+            "[oidc]\nissuer = \"http://127.0.0.1:9\"\nclient_id = \"gw\"\n",
+            "g"
+        )
+        .is_ok());
+        let e = err("[oidc]\nissuer = \"https://x\"\n");
+        assert!(e.contains("client_id"), "{e}");
+        let e = err("[oidc]\nissuer = \"https://x\"\nclient_id = \"a\"\nscopes = [\"email\"]\n");
+        assert!(e.contains("openid"), "{e}");
     }
 
     #[test]

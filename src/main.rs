@@ -10,6 +10,10 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use hermes_ssh_gateway::config::Config;
+use hermes_ssh_gateway::identity::claims::ClaimPolicy;
+use hermes_ssh_gateway::identity::limits::PendingLimiter;
+use hermes_ssh_gateway::identity::oidc::{Oidc, OidcSettings};
+use hermes_ssh_gateway::identity::store::FileEnrollmentStore;
 use hermes_ssh_gateway::identity::KeyRegistry;
 use hermes_ssh_gateway::launcher::{LaunchSpec, SessionEnv};
 use hermes_ssh_gateway::ssh::{hostkey, SshContext, SshServer, SshSettings};
@@ -146,11 +150,43 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         inactivity_timeout: config.ssh.inactivity_timeout,
         keepalive_interval: Some(config.ssh.keepalive_interval).filter(|d| !d.is_zero()),
     };
+    let enrollments = Arc::new(
+        FileEnrollmentStore::open(&config.state.dir)
+            .with_context(|| format!("[state] dir {}", config.state.dir.display()))?,
+    );
+    let (oidc, limiter, enroll_ttl, pending_timeout) = match &config.oidc {
+        Some(o) => {
+            let oidc = Oidc::new(OidcSettings {
+                issuer: o.issuer.0.as_str().trim_end_matches('/').to_owned(),
+                client_id: o.client_id.clone(),
+                client_secret: o.client_secret.clone(),
+                scopes: o.scopes.clone(),
+                policy: ClaimPolicy {
+                    user_id_claim: o.user_id_claim.clone(),
+                    user_id_prefix: o.user_id_prefix.clone(),
+                    groups_claim: o.groups_claim.clone(),
+                    allowed_groups: o.allowed_groups.clone(),
+                    allowed_email_domains: o.allowed_email_domains.clone(),
+                },
+                leeway: o.leeway,
+            })
+            .map_err(anyhow::Error::msg)?;
+            oidc.spawn_discovery(shutdown.clone());
+            let limiter = Arc::new(PendingLimiter::new(o.max_pending, o.max_pending_per_ip));
+            (Some(oidc), Some(limiter), o.enroll_ttl, o.pending_timeout)
+        }
+        None => (None, None, Duration::ZERO, Duration::from_secs(600)),
+    };
     let ctx = SshContext {
         registry,
         launch,
         accept_env: config.session.accept_env.clone(),
         exec_policy: config.session.exec,
+        enrollments,
+        oidc,
+        limiter,
+        enroll_ttl,
+        pending_timeout,
     };
     let server = SshServer::new(host_key, ctx, &settings);
 

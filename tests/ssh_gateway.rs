@@ -122,7 +122,10 @@ fn ecdsa_and_rsa_keys_work_too() {
     let (tmp, gw, _key) = setup("");
     let ecdsa = Keypair::of_type(tmp.path(), "ec", &["-t", "ecdsa", "-b", "256"]);
     let rsa = Keypair::of_type(tmp.path(), "rsa", &["-t", "rsa", "-b", "3072"]);
-    gw.set_keys("bob", &format!("{}\n{}\n", ecdsa.public_line, rsa.public_line));
+    gw.set_keys(
+        "bob",
+        &format!("{}\n{}\n", ecdsa.public_line, rsa.public_line),
+    );
     assert!(gw.wait_log("users=2", T).is_some());
     for key in [&ecdsa, &rsa] {
         let mut ssh = gw.ssh(key);

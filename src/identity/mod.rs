@@ -3,10 +3,14 @@
 //! This module is shared by every front (SSH today, the web later) and therefore imports neither
 //! russh nor axum: keys are `ssh_key` types, identities are plain data.
 
+pub mod claims;
 pub mod keys;
+pub mod limits;
+pub mod oidc;
 pub mod principal;
+pub mod store;
 pub mod user_id;
 
 pub use keys::KeyRegistry;
-pub use principal::{AuthMethod, Identity};
+pub use principal::{AuthMethod, Identity, Pending, ProvenKey};
 pub use user_id::{InvalidUserId, UserId};

@@ -1,9 +1,13 @@
-//! Who is on the other end: an authenticated [`Identity`].
+//! Who is on the other end: an authenticated [`Identity`], or a [`Pending`] connection that has
+//! yet to sign in. They are different types on purpose: the launcher takes an `Identity`, so a
+//! pending connection can never start a program.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use serde::Serialize;
 
+use super::limits::PendingPermit;
 use super::UserId;
 
 /// How the user proved who they are.
@@ -12,6 +16,12 @@ use super::UserId;
 pub enum AuthMethod {
     /// A public key mapped to the user in `users_dir/<id>.keys`.
     Key,
+    /// The OIDC device flow, approved at the identity provider.
+    DeviceFlow,
+    /// A key bound to the user by an earlier device-flow sign-in.
+    EnrolledKey,
+    /// A browser login at the identity provider (authorization code + PKCE).
+    Web,
 }
 
 impl AuthMethod {
@@ -19,6 +29,9 @@ impl AuthMethod {
     pub fn as_str(self) -> &'static str {
         match self {
             AuthMethod::Key => "key",
+            AuthMethod::DeviceFlow => "device-flow",
+            AuthMethod::EnrolledKey => "enrolled-key",
+            AuthMethod::Web => "web",
         }
     }
 }
@@ -39,9 +52,18 @@ pub struct Identity {
     pub provider: String,
     /// How the user authenticated.
     pub method: AuthMethod,
-    /// SHA-256 fingerprint of the key used, when one was (`SHA256:…`).
+    /// SHA-256 fingerprint of the key used or bound, when there is one (`SHA256:…`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_fingerprint: Option<String>,
+    /// Email from the IdP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Display name from the IdP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// Groups from the IdP.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 impl Identity {
@@ -52,6 +74,9 @@ impl Identity {
             provider: "key".into(),
             method: AuthMethod::Key,
             key_fingerprint: Some(fingerprint),
+            email: None,
+            display_name: None,
+            groups: Vec::new(),
         }
     }
 
@@ -61,4 +86,23 @@ impl Identity {
         serde_json::to_string(self)
             .unwrap_or_else(|_| format!("{{\"user_id\":{:?}}}", self.user_id.as_str()))
     }
+}
+
+/// A key whose possession the client proved (a valid signature), but which maps to nobody yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvenKey {
+    /// `SHA256:…`.
+    pub fingerprint: String,
+}
+
+/// A connection admitted only to sign in. It holds its slot in the pending limits until it
+/// becomes an identity or goes away.
+#[derive(Debug)]
+pub struct Pending {
+    /// The key the client proved, if any: the only key that may be bound after approval.
+    pub proven_key: Option<ProvenKey>,
+    /// Where the connection comes from.
+    pub remote: Option<IpAddr>,
+    /// The slot in the pending limits, released on drop.
+    pub permit: PendingPermit,
 }

@@ -12,9 +12,22 @@ pub const MAX_LEN: usize = 128;
 /// control characters, whitespace, `/`, `\` or NUL; not `.` or `..`; not starting with `-`
 /// (so it can never be read as an option). It can therefore be substituted into one path component
 /// without escaping its parent directory, and into an environment value without breaking it.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(transparent)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub struct UserId(String);
+
+impl From<UserId> for String {
+    fn from(u: UserId) -> String {
+        u.0
+    }
+}
+
+impl TryFrom<String> for UserId {
+    type Error = InvalidUserId;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        UserId::parse(&s)
+    }
+}
 
 /// Why a string is not a valid user id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,16 +1,35 @@
 //! Per-connection authentication state, free of russh types so it can be unit-tested.
 //!
-//! russh does not enforce any ordering between methods, so the connection's state lives here:
-//! a connection is `Unauthenticated` until a mapped key proves possession, then it holds an
-//! [`Identity`] for good.
+//! russh enforces no ordering between methods, so the connection's state lives here:
+//!
+//! ```text
+//! publickey, key mapped or enrolled ──────────────────────────────► Identity
+//! publickey, unknown key, signature valid ─► remembered as *proven*; refused so the client
+//!                                            tries its next key (a mapped one still wins)
+//! keyboard-interactive (device sign-in on) ─► zero-prompt round ───► Pending { proven key }
+//! ```
+//! A merely offered key (no signature) is never remembered: public keys are public.
 
+use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use russh::keys::ssh_key::{HashAlg, PublicKey};
 
-use crate::identity::{Identity, KeyRegistry};
+use crate::identity::limits::{PendingLimiter, PendingPermit};
+use crate::identity::store::EnrollmentStore;
+use crate::identity::{Identity, KeyRegistry, Pending, ProvenKey};
 
-/// What to answer the client.
+/// An authenticated connection: either who it is, or a connection that may only sign in.
+#[derive(Debug)]
+pub enum Principal {
+    /// Authenticated.
+    Identity(Identity),
+    /// Admitted to sign in with the identity provider, nothing else.
+    Pending(Pending),
+}
+
+/// What to answer a publickey attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Authentication succeeded with this identity.
@@ -19,56 +38,239 @@ pub enum Decision {
     Reject(&'static str),
 }
 
+/// What to answer a keyboard-interactive attempt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KbdDecision {
+    /// Send a zero-prompt round (the client answers at once, TTY or not).
+    Prompt,
+    /// Accept as pending.
+    Accept,
+    /// Refuse, with the reason for the log.
+    Reject(String),
+}
+
 /// The auth state machine of one connection.
-#[derive(Debug)]
 pub struct Authenticator {
     registry: Arc<KeyRegistry>,
-    identity: Option<Identity>,
+    enrollments: Arc<dyn EnrollmentStore>,
+    /// Present when device sign-in is configured.
+    limiter: Option<Arc<PendingLimiter>>,
+    remote: Option<IpAddr>,
+    proven: Option<ProvenKey>,
+    /// Unknown keys already proven: offering them again is refused at once, so a client that
+    /// re-offers its keys moves on instead of signing the same key twice.
+    seen_unknown: HashSet<String>,
+    permit: Option<PendingPermit>,
+    principal: Option<Principal>,
 }
 
 impl Authenticator {
-    /// A fresh, unauthenticated connection.
-    pub fn new(registry: Arc<KeyRegistry>) -> Authenticator {
+    /// A fresh, unauthenticated connection from `remote`.
+    pub fn new(
+        registry: Arc<KeyRegistry>,
+        enrollments: Arc<dyn EnrollmentStore>,
+        limiter: Option<Arc<PendingLimiter>>,
+        remote: Option<IpAddr>,
+    ) -> Authenticator {
         Authenticator {
             registry,
-            identity: None,
+            enrollments,
+            limiter,
+            remote,
+            proven: None,
+            seen_unknown: HashSet::new(),
+            permit: None,
+            principal: None,
         }
     }
 
-    /// The identity, once authenticated.
-    pub fn identity(&self) -> Option<&Identity> {
-        self.identity.as_ref()
+    fn done(&self) -> bool {
+        self.principal.is_some()
+    }
+
+    /// Takes the outcome once authentication succeeded.
+    pub fn take_principal(&mut self) -> Option<Principal> {
+        self.principal.take()
+    }
+
+    /// Whether device sign-in is offered.
+    pub fn device_enabled(&self) -> bool {
+        self.limiter.is_some()
+    }
+
+    async fn known(&self, key: &PublicKey, fp: &str) -> Option<Identity> {
+        if let Some(user) = self.registry.lookup(key) {
+            return Some(Identity::from_mapped_key(user, fp.to_owned()));
+        }
+        match self.enrollments.lookup(fp).await {
+            Ok(Some(e)) => Some(e.identity(fp)),
+            Ok(None) => None,
+            Err(e) => {
+                // Fail closed: an unreadable store admits nobody by enrollment.
+                tracing::error!(error = %e, "enrollment lookup failed");
+                None
+            }
+        }
     }
 
     /// A key was offered without a signature: is it worth the client's signing it?
-    /// Only mapped keys are; answering "no" early saves both sides a signature.
-    pub fn offered(&self, key: &PublicKey) -> Result<(), &'static str> {
-        if self.identity.is_some() {
+    /// Known keys are; unknown keys are too when device sign-in is on, so that the client
+    /// proves possession and the key can be bound after approval.
+    pub async fn offered(&self, key: &PublicKey) -> Result<(), &'static str> {
+        if self.done() {
             return Err("already authenticated");
         }
-        match self.registry.lookup(key) {
-            Some(_) => Ok(()),
-            None => Err("key is not mapped to any user"),
+        let fp = fp(key);
+        if self.known(key, &fp).await.is_some() {
+            return Ok(());
+        }
+        if self.seen_unknown.contains(&fp) {
+            return Err("key is not mapped to any user (already proven)");
+        }
+        if self.device_enabled() {
+            Ok(())
+        } else {
+            Err("key is not mapped to any user")
         }
     }
 
     /// The client proved possession of `key` (russh verified the signature).
-    pub fn verified(&mut self, key: &PublicKey) -> Decision {
-        if self.identity.is_some() {
+    pub async fn verified(&mut self, key: &PublicKey) -> Decision {
+        if self.done() {
             return Decision::Reject("already authenticated");
         }
-        match self.registry.lookup(key) {
-            Some(user) => {
-                let id = Identity::from_mapped_key(user, fp(key));
-                self.identity = Some(id.clone());
-                Decision::Accept(id)
-            }
-            None => Decision::Reject("key is not mapped to any user"),
+        let fp = fp(key);
+        if let Some(id) = self.known(key, &fp).await {
+            self.permit = None;
+            self.principal = Some(Principal::Identity(id.clone()));
+            return Decision::Accept(id);
         }
+        self.seen_unknown.insert(fp.clone());
+        if !self.device_enabled() {
+            return Decision::Reject("key is not mapped to any user");
+        }
+        // Only the first proven key is kept: it is the one the client prefers.
+        if self.proven.is_none() {
+            self.proven = Some(ProvenKey { fingerprint: fp });
+        }
+        Decision::Reject("key is not mapped to any user (proven; may be enrolled after sign-in)")
+    }
+
+    /// keyboard-interactive: `responded` is false for the first request, true for the answer to
+    /// our zero-prompt round.
+    pub fn keyboard_interactive(&mut self, responded: bool) -> KbdDecision {
+        if self.done() {
+            return KbdDecision::Reject("already authenticated".into());
+        }
+        let Some(limiter) = &self.limiter else {
+            return KbdDecision::Reject("device sign-in is not configured".into());
+        };
+        if !responded {
+            if self.permit.is_none() {
+                match limiter.try_acquire(self.remote) {
+                    Ok(p) => self.permit = Some(p),
+                    Err(e) => return KbdDecision::Reject(e.to_string()),
+                }
+            }
+            return KbdDecision::Prompt;
+        }
+        let Some(permit) = self.permit.take() else {
+            return KbdDecision::Reject("answer without a question".into());
+        };
+        self.principal = Some(Principal::Pending(Pending {
+            proven_key: self.proven.clone(),
+            remote: self.remote,
+            permit,
+        }));
+        KbdDecision::Accept
     }
 }
 
 /// `SHA256:…` fingerprint of a public key.
 pub fn fp(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::store::FileEnrollmentStore;
+
+    fn key(line: &str) -> PublicKey {
+        crate::identity::keys::parse_key_line(line)
+            .unwrap()
+            .unwrap()
+    }
+    const K1: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFSbFD1DG8bo/Hawh1SNVeY6owI76Vs5EhEphlT0omwZ one";
+    const K2: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIODdtWkLPctRJTpWbIB6sskFEs8qzMmIFUFk9oOS0YPR two";
+
+    fn auth(dir: &std::path::Path, device: bool) -> Authenticator {
+        let users = dir.join("users");
+        std::fs::create_dir_all(&users).unwrap();
+        std::fs::write(users.join("alice.keys"), K2).unwrap();
+        let reg = KeyRegistry::open(&users).unwrap();
+        let store = Arc::new(FileEnrollmentStore::open(&dir.join("state")).unwrap());
+        let limiter = device.then(|| Arc::new(PendingLimiter::new(10, 1)));
+        Authenticator::new(reg, store, limiter, Some("127.0.0.1".parse().unwrap()))
+    }
+
+    #[tokio::test]
+    async fn unknown_key_is_proven_then_pending_and_a_mapped_key_still_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = auth(dir.path(), true);
+        assert!(a.offered(&key(K1)).await.is_ok(), "unknown key may sign");
+        assert!(matches!(a.verified(&key(K1)).await, Decision::Reject(_)));
+        assert!(a.offered(&key(K1)).await.is_err(), "not signed twice");
+        // The client tries its next key: the mapped one.
+        match a.verified(&key(K2)).await {
+            Decision::Accept(id) => assert_eq!(id.user_id.as_str(), "alice"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(a.take_principal(), Some(Principal::Identity(_))));
+    }
+
+    #[tokio::test]
+    async fn keyboard_interactive_gives_pending_with_only_the_proven_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = auth(dir.path(), true);
+        // Offered but never signed: must not become the proven key.
+        assert!(a.offered(&key(K1)).await.is_ok());
+        assert_eq!(a.keyboard_interactive(false), KbdDecision::Prompt);
+        assert_eq!(a.keyboard_interactive(true), KbdDecision::Accept);
+        match a.take_principal() {
+            Some(Principal::Pending(p)) => assert!(p.proven_key.is_none()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn pending_slots_are_limited() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = auth(dir.path(), true);
+        let mut b = auth(dir.path(), true);
+        assert_eq!(a.keyboard_interactive(false), KbdDecision::Prompt);
+        // Different limiter instance per `auth()`: share one to test the cap.
+        let shared = Arc::new(PendingLimiter::new(10, 1));
+        a.limiter = Some(shared.clone());
+        b.limiter = Some(shared);
+        a.permit = None;
+        assert_eq!(a.keyboard_interactive(false), KbdDecision::Prompt);
+        assert!(matches!(
+            b.keyboard_interactive(false),
+            KbdDecision::Reject(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn without_device_sign_in_unknown_keys_are_refused_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = auth(dir.path(), false);
+        assert!(a.offered(&key(K1)).await.is_err());
+        assert!(matches!(
+            a.keyboard_interactive(false),
+            KbdDecision::Reject(_)
+        ));
+    }
 }

@@ -9,7 +9,7 @@ use russh::server::{Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, Pty};
 use tracing::Span;
 
-use super::auth::{fp, Authenticator, Decision};
+use super::auth::{fp, Authenticator, Decision, KbdDecision};
 use super::session::{Channels, PtyParams, Request};
 use super::SshContext;
 use crate::launcher::{ControlChar, ModeFlag, TermSize, TerminalModes};
@@ -18,24 +18,33 @@ use crate::launcher::{ControlChar, ModeFlag, TermSize, TerminalModes};
 pub struct ConnectionHandler {
     auth: Authenticator,
     channels: Channels,
+    /// The user id once authenticated by key (for log lines).
+    user: Option<String>,
     span: Span,
 }
 
 impl ConnectionHandler {
-    /// A handler for a new connection, logging into `span`.
-    pub fn new(ctx: Arc<SshContext>, span: Span) -> ConnectionHandler {
+    /// A handler for a new connection from `remote`, logging into `span`.
+    pub fn new(
+        ctx: Arc<SshContext>,
+        remote: Option<std::net::IpAddr>,
+        span: Span,
+    ) -> ConnectionHandler {
         ConnectionHandler {
-            auth: Authenticator::new(ctx.registry.clone()),
+            auth: Authenticator::new(
+                ctx.registry.clone(),
+                ctx.enrollments.clone(),
+                ctx.limiter.clone(),
+                remote,
+            ),
             channels: Channels::new(ctx, span.clone()),
+            user: None,
             span,
         }
     }
 
     fn user(&self) -> &str {
-        self.auth
-            .identity()
-            .map(|i| i.user_id.as_str())
-            .unwrap_or("-")
+        self.user.as_deref().unwrap_or("-")
     }
 
     fn refuse(&self, what: &str) {
@@ -66,7 +75,7 @@ impl russh::server::Handler for ConnectionHandler {
         _user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        match self.auth.offered(offer.public_key) {
+        match self.auth.offered(offer.public_key).await {
             Ok(()) => Ok(Auth::Accept),
             Err(reason) => {
                 tracing::info!(parent: &self.span, key = %fp(offer.public_key), reason, "publickey refused");
@@ -81,9 +90,10 @@ impl russh::server::Handler for ConnectionHandler {
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         let pk: &PublicKey = key.public_key;
-        match self.auth.verified(pk) {
+        match self.auth.verified(pk).await {
             Decision::Accept(id) => {
                 self.span.record("user", id.user_id.as_str());
+                self.user = Some(id.user_id.to_string());
                 tracing::info!(parent: &self.span, user = %id.user_id, method = %id.method, key = %fp(pk), "authenticated");
                 Ok(Auth::Accept)
             }
@@ -94,17 +104,57 @@ impl russh::server::Handler for ConnectionHandler {
         }
     }
 
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        _user: &str,
+        _submethods: &str,
+        response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        match self.auth.keyboard_interactive(response.is_some()) {
+            KbdDecision::Prompt => Ok(Auth::Partial {
+                name: "".into(),
+                // Shown only at LogLevel INFO and ASCII-only in OpenSSH; the real sign-in
+                // screen comes as channel data once connected.
+                instructions:
+                    "Sign in to Hermes with your identity provider: the link and code appear next."
+                        .into(),
+                prompts: Vec::new().into(),
+            }),
+            KbdDecision::Accept => {
+                tracing::info!(parent: &self.span, "admitted to device sign-in (pending)");
+                Ok(Auth::Accept)
+            }
+            KbdDecision::Reject(reason) => {
+                tracing::warn!(parent: &self.span, reason, "keyboard-interactive refused");
+                Ok(reject())
+            }
+        }
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(p) = self.auth.take_principal() {
+            let handle = session.handle();
+            self.channels.set_principal(p, move || {
+                tokio::spawn(async move {
+                    let _ = handle
+                        .disconnect(
+                            russh::Disconnect::ByApplication,
+                            "sign-in took too long".into(),
+                            "en".into(),
+                        )
+                        .await;
+                })
+            });
+        }
+        Ok(())
+    }
+
     async fn channel_open_session(
         &mut self,
         channel: Channel<Msg>,
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.auth.identity().is_none() {
-            // Dropping `reply` rejects the channel.
-            self.refuse("session channel before authentication");
-            return Ok(());
-        }
         reply.accept().await;
         self.channels.open(channel);
         Ok(())
@@ -173,10 +223,7 @@ impl russh::server::Handler for ConnectionHandler {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let ok = match self.auth.identity() {
-            Some(id) => self.channels.start(channel, id, Request::Shell),
-            None => false,
-        };
+        let ok = self.channels.start(channel, Request::Shell);
         Self::reply(session, channel, ok)
     }
 
@@ -187,10 +234,7 @@ impl russh::server::Handler for ConnectionHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let command = String::from_utf8_lossy(data).into_owned();
-        let ok = match self.auth.identity() {
-            Some(id) => self.channels.start(channel, id, Request::Exec(command)),
-            None => false,
-        };
+        let ok = self.channels.start(channel, Request::Exec(command));
         Self::reply(session, channel, ok)
     }
 

@@ -7,10 +7,15 @@ pub mod handler;
 pub mod hostkey;
 pub mod server;
 pub mod session;
+pub mod signin;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::{EnvPattern, ExecPolicy};
+use crate::identity::limits::PendingLimiter;
+use crate::identity::oidc::Oidc;
+use crate::identity::store::EnrollmentStore;
 use crate::identity::KeyRegistry;
 use crate::launcher::LaunchSpec;
 
@@ -26,4 +31,14 @@ pub struct SshContext {
     pub accept_env: Vec<EnvPattern>,
     /// What non-built-in exec commands do.
     pub exec_policy: ExecPolicy,
+    /// Keys bound by device sign-ins.
+    pub enrollments: Arc<dyn EnrollmentStore>,
+    /// Device sign-in, when `[oidc]` is configured.
+    pub oidc: Option<Arc<Oidc>>,
+    /// Caps on connections waiting to sign in (present with `oidc`).
+    pub limiter: Option<Arc<PendingLimiter>>,
+    /// How long a key proven during a sign-in stays bound (zero: never bound).
+    pub enroll_ttl: Duration,
+    /// A pending connection is closed after this long.
+    pub pending_timeout: Duration,
 }

@@ -37,7 +37,11 @@ impl SshServer {
             server_id: russh::SshId::Standard(
                 format!("SSH-2.0-hermes-ssh-gateway_{}", env!("CARGO_PKG_VERSION")).into(),
             ),
-            methods: (&[MethodKind::PublicKey][..]).into(),
+            methods: if ctx.oidc.is_some() {
+                (&[MethodKind::PublicKey, MethodKind::KeyboardInteractive][..]).into()
+            } else {
+                (&[MethodKind::PublicKey][..]).into()
+            },
             // OpenSSH opens with a "none" probe; padding its rejection only slows every login.
             auth_rejection_time_initial: Some(Duration::ZERO),
             // Refusing an offered key is a map lookup with no secret-dependent timing; a short
@@ -80,7 +84,7 @@ impl SshServer {
             tracker.spawn(
                 async move {
                     let _ = socket.set_nodelay(true);
-                    let handler = ConnectionHandler::new(ctx, tracing::Span::current());
+                    let handler = ConnectionHandler::new(ctx, Some(peer.ip()), tracing::Span::current());
                     tracing::debug!("connected");
                     let session = match russh::server::run_stream(config, socket, handler).await {
                         Ok(s) => s,

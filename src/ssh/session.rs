@@ -16,9 +16,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 
+use super::auth::Principal;
 use super::SshContext;
 use crate::config::ExecPolicy;
-use crate::identity::Identity;
+use crate::identity::store::Enrollment;
+use crate::identity::{AuthMethod, Identity, Pending};
 use crate::launcher::{self, process::Resizer, LaunchError, SessionEnv, TermSize, TerminalModes};
 
 /// Input chunks queued between the channel and the program before the client is slowed down.
@@ -60,6 +62,22 @@ struct Slot {
     resize: SharedResize,
 }
 
+/// Who the connection is, as its channels see it.
+#[derive(Debug, Default)]
+enum ConnState {
+    /// Not authenticated (channels are refused before this changes).
+    #[default]
+    None,
+    /// Authenticated.
+    Identity(Identity),
+    /// May only sign in.
+    Pending(Pending),
+    /// A channel is running the sign-in now.
+    SigningIn,
+}
+
+type SharedState = Arc<Mutex<ConnState>>;
+
 /// What the client asked a channel to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -73,6 +91,7 @@ pub enum Request {
 pub struct Channels {
     ctx: Arc<SshContext>,
     slots: HashMap<ChannelId, Slot>,
+    state: SharedState,
     span: Span,
 }
 
@@ -82,7 +101,40 @@ impl Channels {
         Channels {
             ctx,
             slots: HashMap::new(),
+            state: SharedState::default(),
             span,
+        }
+    }
+
+    /// Authentication finished. A pending connection is closed after `pending_timeout` if it
+    /// has not signed in by then (`disconnect` is how).
+    pub fn set_principal(
+        &mut self,
+        principal: Principal,
+        disconnect: impl FnOnce() -> tokio::task::JoinHandle<()> + Send + 'static,
+    ) {
+        let pending = matches!(principal, Principal::Pending(_));
+        if let Ok(mut st) = self.state.lock() {
+            *st = match principal {
+                Principal::Identity(id) => ConnState::Identity(id),
+                Principal::Pending(p) => ConnState::Pending(p),
+            };
+        }
+        if pending {
+            let state = self.state.clone();
+            let timeout = self.ctx.pending_timeout;
+            let span = self.span.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                let still_pending = state
+                    .lock()
+                    .map(|s| matches!(*s, ConnState::Pending(_) | ConnState::SigningIn))
+                    .unwrap_or(false);
+                if still_pending {
+                    tracing::info!(parent: &span, "pending sign-in timed out; disconnecting");
+                    let _ = disconnect().await;
+                }
+            });
         }
     }
 
@@ -187,30 +239,62 @@ impl Channels {
 
     /// `shell` or `exec`: starts the work for this channel. Returns false when the channel
     /// cannot start anything (unknown, or already started).
-    pub fn start(&mut self, id: ChannelId, identity: &Identity, request: Request) -> bool {
+    pub fn start(&mut self, id: ChannelId, request: Request) -> bool {
         let Some(slot) = self.slots.get_mut(&id) else {
             return false;
+        };
+        let start = {
+            let Ok(mut st) = self.state.lock() else {
+                return false;
+            };
+            match (&*st, &request) {
+                (ConnState::Identity(identity), Request::Shell) => {
+                    Start::Work(identity.clone(), Work::Program(Vec::new()))
+                }
+                (ConnState::Identity(identity), Request::Exec(cmd)) => {
+                    Start::Work(identity.clone(), classify_exec(cmd, self.ctx.exec_policy))
+                }
+                (ConnState::Pending(_), Request::Shell) => {
+                    match std::mem::replace(&mut *st, ConnState::SigningIn) {
+                        ConnState::Pending(p) => Start::SignIn(p),
+                        _ => return false,
+                    }
+                }
+                (ConnState::Pending(_), Request::Exec(_)) => Start::Refuse(
+                    "hermes-ssh-gateway: sign in first: connect without a command to sign in with your identity provider".into(),
+                ),
+                (ConnState::SigningIn, _) => Start::Refuse(
+                    "hermes-ssh-gateway: a sign-in is already in progress on this connection".into(),
+                ),
+                (ConnState::None, _) => return false,
+            }
         };
         let (Some(writer), Some(input)) = (slot.writer.take(), slot.input.take()) else {
             return false;
         };
-        let work = match request {
-            Request::Shell => Work::Program(Vec::new()),
-            Request::Exec(cmd) => classify_exec(&cmd, self.ctx.exec_policy),
-        };
         let job = Job {
             ctx: self.ctx.clone(),
-            identity: identity.clone(),
             writer,
             input,
             closed: slot.closed.clone(),
             pty: slot.pty.clone(),
             env: std::mem::take(&mut slot.env),
             resize: slot.resize.clone(),
+            state: self.state.clone(),
         };
-        tokio::spawn(job.run(work).instrument(self.span.clone()));
+        tokio::spawn(job.run(start).instrument(self.span.clone()));
         true
     }
+}
+
+/// How a channel's job begins.
+enum Start {
+    /// Authenticated: do this.
+    Work(Identity, Work),
+    /// Pending: sign in first, then run the program.
+    SignIn(Pending),
+    /// Refuse with this line.
+    Refuse(String),
 }
 
 /// What an `exec` request turns into.
@@ -218,6 +302,8 @@ impl Channels {
 pub enum Work {
     /// Print the identity as JSON.
     Whoami,
+    /// Remove the enrollment of the key this connection used.
+    Logout,
     /// Run the configured program with these extra arguments.
     Program(Vec<String>),
     /// Refuse with this message.
@@ -229,11 +315,12 @@ pub fn classify_exec(command: &str, policy: ExecPolicy) -> Work {
     let words: Vec<String> = command.split_whitespace().map(str::to_owned).collect();
     match words.first().map(String::as_str) {
         Some("whoami") if words.len() == 1 => Work::Whoami,
+        Some("logout") if words.len() == 1 => Work::Logout,
         None => Work::Program(Vec::new()),
         Some(_) => match policy {
             ExecPolicy::Args => Work::Program(words),
             ExecPolicy::Refuse => Work::Refuse(format!(
-                "hermes-ssh-gateway: command {:?} is not available here; built-ins: whoami (or connect without a command)",
+                "hermes-ssh-gateway: command {:?} is not available here; built-ins: whoami, logout (or connect without a command)",
                 command.trim()
             )),
         },
@@ -243,52 +330,161 @@ pub fn classify_exec(command: &str, policy: ExecPolicy) -> Work {
 /// Everything one channel's work needs, moved into its task.
 struct Job {
     ctx: Arc<SshContext>,
-    identity: Identity,
     writer: ChannelWriteHalf<Msg>,
     input: mpsc::Receiver<Bytes>,
     closed: CancellationToken,
     pty: Option<PtyParams>,
     env: Vec<(String, String)>,
     resize: SharedResize,
+    state: SharedState,
 }
 
 impl Job {
-    async fn run(self, work: Work) {
-        let code = match &work {
-            Work::Whoami => {
-                let line = format!("{}\n", self.identity.to_json_line());
-                let _ = self.writer.data_bytes(Bytes::from(line)).await;
-                0
+    async fn run(self, start: Start) {
+        match start {
+            Start::Work(identity, work) => self.work(identity, work).await,
+            Start::SignIn(pending) => self.sign_in(pending).await,
+            Start::Refuse(msg) => {
+                tracing::info!("refused exec on a pending connection");
+                self.refuse(&msg).await;
             }
-            Work::Refuse(msg) => {
-                tracing::info!(user = %self.identity.user_id, "refused exec: {msg}");
-                let _ = self
-                    .writer
-                    .extended_data_bytes(1, Bytes::from(format!("{msg}\r\n")))
-                    .await;
-                1
-            }
-            Work::Program(args) => {
-                let args = args.clone();
-                return self.run_program(args).await;
-            }
-        };
-        finish(&self.writer, code).await;
+        }
     }
 
-    async fn run_program(mut self, extra_args: Vec<String>) {
-        let user = self.identity.user_id.to_string();
+    async fn refuse(&self, msg: &str) {
+        let _ = self
+            .writer
+            .extended_data_bytes(1, Bytes::from(format!("{msg}\r\n")))
+            .await;
+        finish(&self.writer, 1).await;
+    }
+
+    async fn print(&self, text: String) {
+        let _ = self.writer.data_bytes(Bytes::from(text)).await;
+    }
+
+    async fn work(self, identity: Identity, work: Work) {
+        match work {
+            Work::Whoami => {
+                self.print(format!("{}\n", identity.to_json_line())).await;
+                finish(&self.writer, 0).await;
+            }
+            Work::Logout => self.logout(&identity).await,
+            Work::Refuse(msg) => {
+                tracing::info!(user = %identity.user_id, "refused exec: {msg}");
+                self.refuse(&msg).await;
+            }
+            Work::Program(args) => self.run_program(identity, args).await,
+        }
+    }
+
+    async fn logout(&self, identity: &Identity) {
+        let fp = identity.key_fingerprint.clone().unwrap_or_default();
+        match identity.method {
+            AuthMethod::EnrolledKey => match self.ctx.enrollments.remove(&fp).await {
+                Ok(_) => {
+                    tracing::info!(user = %identity.user_id, key = %fp, "logout: key enrollment removed");
+                    self.print(format!(
+                        "Signed out: key {fp} is no longer linked to {}. The next connection signs in again.\n",
+                        identity.user_id
+                    ))
+                    .await;
+                    finish(&self.writer, 0).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "logout failed");
+                    self.refuse("hermes-ssh-gateway: logout failed: the gateway's state store is unavailable").await;
+                }
+            },
+            AuthMethod::Key => {
+                self.refuse(&format!(
+                    "hermes-ssh-gateway: key {fp} is mapped to {} by the operator; ask them to remove it from the users directory",
+                    identity.user_id
+                ))
+                .await
+            }
+            _ => self.refuse("hermes-ssh-gateway: this connection used no linked key; nothing to sign out").await,
+        }
+    }
+
+    /// Device sign-in for a pending connection, then the program.
+    async fn sign_in(mut self, pending: Pending) {
+        let Some(oidc) = self.ctx.oidc.clone() else {
+            return self
+                .refuse("hermes-ssh-gateway: sign-in is not configured")
+                .await;
+        };
+        let resize = self.resize.clone();
+        let size: Option<Box<dyn Fn() -> TermSize + Send>> = self.pty.as_ref().map(|p| {
+            let initial = p.size;
+            Box::new(move || current_size(&resize).unwrap_or(initial))
+                as Box<dyn Fn() -> TermSize + Send>
+        });
+        let io = super::signin::SigninIo {
+            writer: &self.writer,
+            input: &mut self.input,
+            closed: &self.closed,
+            size,
+        };
+        let result = super::signin::run(io, &oidc).await;
+        let mut identity = match result {
+            Ok(id) => id,
+            Err(e) => {
+                if let Ok(mut st) = self.state.lock() {
+                    *st = ConnState::None;
+                }
+                if self.closed.is_cancelled() {
+                    tracing::info!("client left during sign-in; polling stopped");
+                    return;
+                }
+                tracing::info!(reason = %e, "device sign-in failed");
+                if let crate::identity::oidc::FlowError::InvalidToken(detail) = &e {
+                    tracing::warn!(detail, "ID token refused");
+                }
+                return self.refuse(&format!("hermes-ssh-gateway: {e}")).await;
+            }
+        };
+        if let Some(key) = &pending.proven_key {
+            identity.key_fingerprint = Some(key.fingerprint.clone());
+            if !self.ctx.enroll_ttl.is_zero() {
+                let e = Enrollment::new(&identity, self.ctx.enroll_ttl);
+                match self.ctx.enrollments.bind(&key.fingerprint, e).await {
+                    Ok(()) => {
+                        tracing::info!(user = %identity.user_id, key = %key.fingerprint, ttl = ?self.ctx.enroll_ttl, "key enrolled")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "enrolling the key failed; the user will sign in again next time")
+                    }
+                }
+            }
+        }
+        // The pending slot is freed here; the connection is now this identity.
+        drop(pending);
+        if let Ok(mut st) = self.state.lock() {
+            *st = ConnState::Identity(identity.clone());
+        }
+        tracing::Span::current().record("user", identity.user_id.as_str());
+        tracing::info!(user = %identity.user_id, method = %identity.method, provider = %identity.provider, key = identity.key_fingerprint.as_deref().unwrap_or("-"), "authenticated");
+        let who = match &identity.email {
+            Some(e) => format!("{} ({e})", identity.user_id),
+            None => identity.user_id.to_string(),
+        };
+        self.print(format!("Signed in as {who}.\r\n")).await;
+        self.run_program(identity, Vec::new()).await;
+    }
+
+    async fn run_program(mut self, identity: Identity, extra_args: Vec<String>) {
+        let user = identity.user_id.to_string();
         let session_env = SessionEnv {
             term: self.pty.as_ref().map(|p| p.term.clone()),
             client: std::mem::take(&mut self.env),
         };
         let launch = self.ctx.launch.clone();
-        let identity = self.identity.clone();
-        let prepared = tokio::task::spawn_blocking(move || {
-            launch.prepare(&identity, &session_env, &extra_args)
-        })
-        .await
-        .unwrap_or_else(|e| Err(LaunchError::Other(e.to_string())));
+        let id = identity.clone();
+        let prepared =
+            tokio::task::spawn_blocking(move || launch.prepare(&id, &session_env, &extra_args))
+                .await
+                .unwrap_or_else(|e| Err(LaunchError::Other(e.to_string())));
         let spawned = match prepared {
             Ok(p) => match &self.pty {
                 Some(pty) => {
@@ -301,7 +497,7 @@ impl Job {
         };
         let mut process = match spawned {
             Ok(p) => p,
-            Err(e) => return self.show_failure(&e).await,
+            Err(e) => return self.show_failure(&identity, &e).await,
         };
         tracing::info!(
             user,
@@ -360,8 +556,8 @@ impl Job {
     }
 
     /// The program could not start: tell the user clearly instead of disconnecting.
-    async fn show_failure(mut self, error: &LaunchError) {
-        tracing::error!(user = %self.identity.user_id, error = %error, "cannot start the session program");
+    async fn show_failure(mut self, identity: &Identity, error: &LaunchError) {
+        tracing::error!(user = %identity.user_id, error = %error, "cannot start the session program");
         let code = match error {
             LaunchError::NotFound { .. } => 127,
             LaunchError::NotExecutable { .. } => 126,
@@ -371,13 +567,8 @@ impl Job {
         match &self.pty {
             Some(pty) => {
                 let size = current_size(&self.resize).unwrap_or(pty.size);
-                let screen = crate::tui::fallback::render(
-                    &self.identity,
-                    &command,
-                    error,
-                    size.cols,
-                    size.rows,
-                );
+                let screen =
+                    crate::tui::fallback::render(identity, &command, error, size.cols, size.rows);
                 let _ = self.writer.data_bytes(Bytes::from(screen)).await;
                 // Wait for a key (or a timeout) so the user can read it, then restore the screen.
                 let _ = tokio::time::timeout(Duration::from_secs(120), async {
@@ -393,7 +584,7 @@ impl Job {
                     .await;
             }
             None => {
-                let text = crate::tui::fallback::plain(&self.identity, &command, error);
+                let text = crate::tui::fallback::plain(identity, &command, error);
                 let _ = self.writer.extended_data_bytes(1, Bytes::from(text)).await;
             }
         }

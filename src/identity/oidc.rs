@@ -1,0 +1,753 @@
+//! OpenID Connect: discovery, the device authorization grant (RFC 8628) and ID-token validation.
+//!
+//! `openidconnect` does the security-critical parts: discovery, JWKS, and ID-token verification
+//! (signature, `iss`, `aud`, `exp`). The device-flow requests are small form posts written here,
+//! because the gateway needs to control polling itself (honour `slow_down`, stop the moment the
+//! client leaves, report each state to the user) — `oauth2`'s built-in loop polls first without
+//! waiting and retries network errors silently until the code expires.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use openidconnect::core::{
+    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClientAuthMethod, CoreGrantType,
+    CoreIdToken, CoreIdTokenVerifier, CoreJsonWebKey, CoreJsonWebKeySet,
+    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm,
+    CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
+};
+use openidconnect::{
+    AdditionalProviderMetadata, ClaimsVerificationError, ClientId, DeviceAuthorizationUrl,
+    IssuerUrl, JsonWebKeySetUrl, Nonce, ProviderMetadata, SignatureVerificationError,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::claims::{ClaimPolicy, Refusal};
+use super::{AuthMethod, Identity};
+
+/// RFC 8628 §3.2: the polling interval when the IdP sends none.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+/// RFC 8628 §3.5: how much `slow_down` adds.
+pub const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
+/// JWKS is re-fetched for an unknown `kid` at most this often (a flood of forged kids must not
+/// become a flood of requests to the IdP).
+const JWKS_MIN_REFRESH: Duration = Duration::from_secs(30);
+/// Consecutive failed polls (network, 5xx) tolerated before the sign-in fails.
+const MAX_POLL_FAILURES: u32 = 3;
+
+/// The operator's OIDC settings.
+#[derive(Debug, Clone)]
+pub struct OidcSettings {
+    /// Issuer URL.
+    pub issuer: String,
+    /// Client id.
+    pub client_id: String,
+    /// Client secret (confidential clients).
+    pub client_secret: Option<SecretString>,
+    /// Scopes requested.
+    pub scopes: Vec<String>,
+    /// Claim mapping and allow-lists.
+    pub policy: ClaimPolicy,
+    /// Clock skew tolerated.
+    pub leeway: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+struct ExtraMetadata {
+    #[serde(default)]
+    device_authorization_endpoint: Option<DeviceAuthorizationUrl>,
+}
+impl AdditionalProviderMetadata for ExtraMetadata {}
+
+type Metadata = ProviderMetadata<
+    ExtraMetadata,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+/// What discovery found.
+struct Discovered {
+    device_endpoint: Option<url::Url>,
+    token_endpoint: Option<url::Url>,
+    userinfo_endpoint: Option<url::Url>,
+    authorization_endpoint: url::Url,
+    jwks_uri: JsonWebKeySetUrl,
+    jwks: RwLock<CoreJsonWebKeySet>,
+    jwks_fetched: Mutex<Instant>,
+    algs: Vec<CoreJwsSigningAlgorithm>,
+    basic_auth: bool,
+}
+
+/// Why a sign-in did not produce an identity. `Display` is the one line the user sees.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlowError {
+    /// Discovery has not succeeded (yet) or the IdP does not answer.
+    #[error("the identity provider is unreachable right now ({0}); try again in a minute")]
+    Unreachable(String),
+    /// The IdP has no device authorization endpoint.
+    #[error("the identity provider does not offer device sign-in")]
+    NoDeviceFlow,
+    /// The user denied the request at the IdP.
+    #[error("sign-in was denied at the identity provider")]
+    Denied,
+    /// The code expired before approval.
+    #[error("the sign-in code expired before it was approved; connect again for a new one")]
+    Expired,
+    /// The IdP answered with an error.
+    #[error("the identity provider refused the sign-in: {0}")]
+    Idp(String),
+    /// The ID token failed validation (logged in detail; the user sees a summary).
+    #[error("the identity provider's answer could not be verified")]
+    InvalidToken(String),
+    /// Valid token, but the operator's rules do not admit the user.
+    #[error("{0}")]
+    NotAllowed(#[from] Refusal),
+    /// The user cancelled.
+    #[error("sign-in cancelled")]
+    Cancelled,
+}
+
+/// What the user is shown to approve a sign-in.
+#[derive(Debug, Clone)]
+pub struct Challenge {
+    /// Where to enter the code.
+    pub verification_uri: String,
+    /// The same with the code filled in (preferred when present).
+    pub verification_uri_complete: Option<String>,
+    /// The code.
+    pub user_code: String,
+    /// When the code stops working.
+    pub expires_at: Instant,
+    /// The initial polling interval.
+    pub interval: Duration,
+}
+
+impl Challenge {
+    /// The URL to show first (and encode in the QR code).
+    pub fn best_uri(&self) -> &str {
+        self.verification_uri_complete
+            .as_deref()
+            .unwrap_or(&self.verification_uri)
+    }
+}
+
+/// The identity provider client, shared by every login.
+pub struct Oidc {
+    settings: OidcSettings,
+    http: reqwest::Client,
+    discovered: RwLock<Option<Arc<Discovered>>>,
+    /// Cancelled once discovery has succeeded; waiters use it.
+    ready: CancellationToken,
+}
+
+impl std::fmt::Debug for Oidc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Oidc")
+            .field("issuer", &self.settings.issuer)
+            .field("client_id", &self.settings.client_id)
+            .field("ready", &self.is_ready())
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct DeviceAuthResponse {
+    device_code: SecretString,
+    user_code: String,
+    #[serde(alias = "verification_url")]
+    verification_uri: String,
+    #[serde(default)]
+    verification_uri_complete: Option<String>,
+    expires_in: u64,
+    #[serde(default)]
+    interval: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    id_token: Option<String>,
+    access_token: Option<SecretString>,
+}
+
+#[derive(Deserialize)]
+struct OAuthError {
+    error: String,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+impl Oidc {
+    /// A client for `settings`; nothing is fetched until [`Oidc::discover`].
+    pub fn new(settings: OidcSettings) -> Result<Arc<Oidc>, String> {
+        let http = reqwest::Client::builder()
+            // Following redirects would let an IdP answer point us anywhere (SSRF).
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        Ok(Arc::new(Oidc {
+            settings,
+            http,
+            discovered: RwLock::new(None),
+            ready: CancellationToken::new(),
+        }))
+    }
+
+    /// The issuer (also the `provider` of identities it produces).
+    pub fn issuer(&self) -> &str {
+        &self.settings.issuer
+    }
+
+    /// Whether discovery has succeeded.
+    pub fn is_ready(&self) -> bool {
+        self.ready.is_cancelled()
+    }
+
+    fn current(&self) -> Result<Arc<Discovered>, FlowError> {
+        let guard = self
+            .discovered
+            .read()
+            .map_err(|_| FlowError::Unreachable("internal state".into()))?;
+        guard
+            .clone()
+            .ok_or_else(|| FlowError::Unreachable("discovery has not succeeded yet".into()))
+    }
+
+    /// Fetches the discovery document and the JWKS.
+    pub async fn discover(&self) -> Result<(), String> {
+        let issuer = IssuerUrl::new(self.settings.issuer.clone()).map_err(|e| e.to_string())?;
+        let meta = Metadata::discover_async(issuer, &self.http)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let algs: Vec<CoreJwsSigningAlgorithm> = meta
+            .id_token_signing_alg_values_supported()
+            .iter()
+            .filter(|a| is_asymmetric(a))
+            .cloned()
+            .collect();
+        if algs.is_empty() {
+            return Err(
+                "the identity provider signs ID tokens with no asymmetric algorithm we accept"
+                    .into(),
+            );
+        }
+        let basic_auth = meta
+            .token_endpoint_auth_methods_supported()
+            .map(|m| m.contains(&CoreClientAuthMethod::ClientSecretBasic))
+            .unwrap_or(true);
+        let discovered = Discovered {
+            device_endpoint: meta
+                .additional_metadata()
+                .device_authorization_endpoint
+                .as_ref()
+                .map(|u| u.url().clone()),
+            token_endpoint: meta.token_endpoint().map(|u| u.url().clone()),
+            userinfo_endpoint: meta.userinfo_endpoint().map(|u| u.url().clone()),
+            authorization_endpoint: meta.authorization_endpoint().url().clone(),
+            jwks_uri: meta.jwks_uri().clone(),
+            jwks: RwLock::new(meta.jwks().clone()),
+            jwks_fetched: Mutex::new(Instant::now()),
+            algs,
+            basic_auth,
+        };
+        // Discovery documents carry no keys; fetch them now so the first login is fast.
+        let jwks = CoreJsonWebKeySet::fetch_async(&discovered.jwks_uri, &self.http)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        if let Ok(mut k) = discovered.jwks.write() {
+            *k = jwks;
+        }
+        if let Ok(mut d) = self.discovered.write() {
+            *d = Some(Arc::new(discovered));
+        }
+        self.ready.cancel();
+        Ok(())
+    }
+
+    /// Retries discovery in the background until it succeeds (or `shutdown`), so an IdP that is
+    /// down at start does not stop the gateway: key logins work meanwhile.
+    pub fn spawn_discovery(self: &Arc<Self>, shutdown: CancellationToken) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut delay = Duration::from_secs(1);
+            loop {
+                match me.discover().await {
+                    Ok(()) => {
+                        tracing::info!(issuer = %me.settings.issuer, "identity provider discovered");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(issuer = %me.settings.issuer, error = %e, retry_in = ?delay, "identity provider discovery failed; device sign-in unavailable until it succeeds");
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        });
+    }
+
+    /// The authorization endpoint (for a browser login).
+    pub fn authorization_endpoint(&self) -> Result<url::Url, FlowError> {
+        Ok(self.current()?.authorization_endpoint.clone())
+    }
+
+    async fn post_form(
+        &self,
+        url: &url::Url,
+        basic_auth: bool,
+        mut params: Vec<(&str, String)>,
+    ) -> Result<(reqwest::StatusCode, bytes::Bytes), String> {
+        let mut req = self.http.post(url.clone());
+        match &self.settings.client_secret {
+            Some(secret) if basic_auth => {
+                req = req.basic_auth(
+                    form_encode(&self.settings.client_id),
+                    Some(form_encode(secret.expose_secret())),
+                );
+            }
+            Some(secret) => {
+                params.push(("client_id", self.settings.client_id.clone()));
+                params.push(("client_secret", secret.expose_secret().to_owned()));
+            }
+            None => params.push(("client_id", self.settings.client_id.clone())),
+        }
+        let resp = req
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(&params)
+            .send()
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| error_chain(&e))?;
+        Ok((status, body))
+    }
+
+    /// Starts a device authorization (RFC 8628 §3.1).
+    pub async fn start_device_flow(self: &Arc<Self>) -> Result<DeviceFlow, FlowError> {
+        let d = self.current()?;
+        let endpoint = d.device_endpoint.clone().ok_or(FlowError::NoDeviceFlow)?;
+        let (status, body) = self
+            .post_form(
+                &endpoint,
+                d.basic_auth,
+                vec![("scope", self.settings.scopes.join(" "))],
+            )
+            .await
+            .map_err(FlowError::Unreachable)?;
+        if !status.is_success() {
+            return Err(FlowError::Idp(describe_error(status, &body)));
+        }
+        let r: DeviceAuthResponse = serde_json::from_slice(&body).map_err(|e| {
+            FlowError::Idp(format!("unreadable device authorization response: {e}"))
+        })?;
+        let interval = r
+            .interval
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_INTERVAL);
+        let challenge = Challenge {
+            verification_uri: r.verification_uri,
+            verification_uri_complete: r.verification_uri_complete,
+            user_code: r.user_code,
+            expires_at: Instant::now() + Duration::from_secs(r.expires_in.min(24 * 3600)),
+            interval,
+        };
+        Ok(DeviceFlow {
+            oidc: Arc::clone(self),
+            device_code: r.device_code,
+            challenge,
+            interval,
+            polls: 0,
+        })
+    }
+
+    /// Validates an ID token and returns all its claims.
+    ///
+    /// Checks: signature against the IdP's JWKS (asymmetric algorithms it advertises only, so
+    /// `alg: none` and HMAC-with-the-public-key are refused), `iss`, `aud` (this client, no
+    /// other audience), `azp` when present, `exp` and `iat` within the leeway, and `nonce` when
+    /// one is expected. An unknown `kid` triggers one JWKS refresh.
+    pub async fn verify_id_token(
+        &self,
+        id_token: &str,
+        nonce: Option<&Nonce>,
+    ) -> Result<Map<String, Value>, String> {
+        let d = self.current().map_err(|e| e.to_string())?;
+        match self.verify_with(&d, id_token, nonce) {
+            Err(ClaimsVerificationError::SignatureVerification(
+                SignatureVerificationError::NoMatchingKey,
+            )) => {
+                if self.refresh_jwks(&d).await {
+                    self.verify_with(&d, id_token, nonce)
+                        .map_err(|e| error_chain(&e))?;
+                } else {
+                    return Err("no key of the identity provider matches the token".into());
+                }
+            }
+            other => {
+                other.map_err(|e| error_chain(&e))?;
+            }
+        }
+        // The signature is verified over exactly these bytes: read every claim from them
+        // (openidconnect's typed claims would drop the non-standard ones, like groups).
+        let claims = decode_payload(id_token)?;
+        if let Some(azp) = claims.get("azp").and_then(Value::as_str) {
+            if azp != self.settings.client_id {
+                return Err(format!("azp {azp:?} is not this client"));
+            }
+        }
+        Ok(claims)
+    }
+
+    fn verify_with(
+        &self,
+        d: &Discovered,
+        id_token: &str,
+        nonce: Option<&Nonce>,
+    ) -> Result<(), ClaimsVerificationError> {
+        let token: CoreIdToken = id_token
+            .parse()
+            .map_err(|e: serde_json::Error| ClaimsVerificationError::Other(e.to_string()))?;
+        let jwks = d
+            .jwks
+            .read()
+            .map_err(|_| ClaimsVerificationError::Other("jwks lock".into()))?
+            .clone();
+        let leeway = chrono::Duration::from_std(self.settings.leeway)
+            .unwrap_or_else(|_| chrono::Duration::seconds(60));
+        let verifier = CoreIdTokenVerifier::new_public_client(
+            ClientId::new(self.settings.client_id.clone()),
+            IssuerUrl::new(self.settings.issuer.clone())
+                .map_err(|e| ClaimsVerificationError::Other(e.to_string()))?,
+            jwks,
+        )
+        .set_allowed_algs(d.algs.iter().cloned())
+        // exp is compared with "now minus leeway", i.e. tolerated `leeway` past expiry.
+        .set_time_fn(move || chrono::Utc::now() - leeway)
+        .set_issue_time_verifier_fn(move |iat| {
+            if iat > chrono::Utc::now() + leeway {
+                Err(format!("issued in the future ({iat})"))
+            } else {
+                Ok(())
+            }
+        });
+        let expected = nonce.cloned();
+        token.claims(&verifier, move |got: Option<&Nonce>| {
+            match (&expected, got) {
+                (None, _) => Ok(()),
+                (Some(want), Some(got)) if want.secret() == got.secret() => Ok(()),
+                _ => Err("nonce mismatch".to_string()),
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn refresh_jwks(&self, d: &Discovered) -> bool {
+        {
+            let Ok(mut last) = d.jwks_fetched.lock() else {
+                return false;
+            };
+            if last.elapsed() < JWKS_MIN_REFRESH {
+                return false;
+            }
+            *last = Instant::now();
+        }
+        match CoreJsonWebKeySet::fetch_async(&d.jwks_uri, &self.http).await {
+            Ok(keys) => {
+                tracing::info!("identity provider keys refreshed (unknown kid)");
+                if let Ok(mut k) = d.jwks.write() {
+                    *k = keys;
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "refreshing the identity provider's keys failed");
+                false
+            }
+        }
+    }
+
+    /// Claims the policy needs but the ID token lacks, from the userinfo endpoint.
+    async fn fill_from_userinfo(
+        &self,
+        claims: &mut Map<String, Value>,
+        access_token: Option<&SecretString>,
+    ) {
+        let missing: Vec<String> = self
+            .settings
+            .policy
+            .needed_claims()
+            .into_iter()
+            .filter(|c| !claims.contains_key(*c))
+            .map(str::to_owned)
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let (Some(token), Ok(d)) = (access_token, self.current()) else {
+            return;
+        };
+        let Some(url) = d.userinfo_endpoint.clone() else {
+            return;
+        };
+        let resp = self
+            .http
+            .get(url)
+            .bearer_auth(token.expose_secret())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await;
+        let info: Map<String, Value> = match resp {
+            Ok(r) if r.status().is_success() => match r.json().await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "userinfo answer is not a JSON object (signed userinfo is not supported)");
+                    return;
+                }
+            },
+            Ok(r) => {
+                tracing::warn!(status = %r.status(), "userinfo request refused");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "userinfo request failed");
+                return;
+            }
+        };
+        // OIDC Core §5.3.2: the userinfo sub MUST match the ID token's, or it is someone else.
+        if info.get("sub") != claims.get("sub") {
+            tracing::warn!("userinfo sub differs from the ID token's; ignored");
+            return;
+        }
+        for name in missing {
+            if let Some(v) = info.get(&name) {
+                claims.insert(name, v.clone());
+            }
+        }
+    }
+
+    /// Turns a token response into an identity: validate, fill from userinfo, map, admit.
+    pub async fn identity_from_tokens(
+        &self,
+        id_token: &str,
+        access_token: Option<&SecretString>,
+        nonce: Option<&Nonce>,
+        method: AuthMethod,
+    ) -> Result<Identity, FlowError> {
+        let mut claims = self
+            .verify_id_token(id_token, nonce)
+            .await
+            .map_err(FlowError::InvalidToken)?;
+        self.fill_from_userinfo(&mut claims, access_token).await;
+        let mapped = self.settings.policy.map(&claims)?;
+        Ok(Identity {
+            user_id: mapped.user_id,
+            provider: self.settings.issuer.clone(),
+            method,
+            key_fingerprint: None,
+            email: mapped.email,
+            display_name: mapped.display_name,
+            groups: mapped.groups,
+        })
+    }
+}
+
+/// One device authorization in progress.
+pub struct DeviceFlow {
+    oidc: Arc<Oidc>,
+    device_code: SecretString,
+    challenge: Challenge,
+    interval: Duration,
+    polls: u32,
+}
+
+/// What one poll found.
+enum Poll {
+    Pending,
+    SlowDown,
+    Done(Result<Identity, FlowError>),
+    Failed(String),
+}
+
+impl DeviceFlow {
+    /// What to show the user.
+    pub fn challenge(&self) -> &Challenge {
+        &self.challenge
+    }
+
+    /// Polls at the IdP's pace until approval, denial, expiry or error.
+    ///
+    /// Waits one interval before each poll (RFC 8628 §3.5), adds 5 s on `slow_down`, and stops
+    /// at `expires_in`. Cancel it by dropping the future: nothing is polled after that.
+    pub async fn wait(mut self) -> Result<Identity, FlowError> {
+        let mut failures = 0;
+        loop {
+            let now = Instant::now();
+            if now >= self.challenge.expires_at {
+                return Err(FlowError::Expired);
+            }
+            let wake = (now + self.interval).min(self.challenge.expires_at);
+            tokio::time::sleep_until(wake.into()).await;
+            if Instant::now() >= self.challenge.expires_at {
+                return Err(FlowError::Expired);
+            }
+            self.polls += 1;
+            match self.poll().await {
+                Poll::Pending => failures = 0,
+                Poll::SlowDown => {
+                    failures = 0;
+                    self.interval += SLOW_DOWN_STEP;
+                    tracing::debug!(interval = ?self.interval, "identity provider asked to slow down");
+                }
+                Poll::Done(r) => {
+                    tracing::debug!(polls = self.polls, "device flow finished");
+                    return r;
+                }
+                Poll::Failed(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, failures, "device flow poll failed");
+                    if failures >= MAX_POLL_FAILURES {
+                        return Err(FlowError::Unreachable(e));
+                    }
+                    // RFC 8628 §3.5: back off on connection problems.
+                    self.interval = (self.interval * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    async fn poll(&self) -> Poll {
+        let d = match self.oidc.current() {
+            Ok(d) => d,
+            Err(e) => return Poll::Failed(e.to_string()),
+        };
+        let Some(token_endpoint) = d.token_endpoint.clone() else {
+            return Poll::Done(Err(FlowError::Idp("no token endpoint".into())));
+        };
+        let params = vec![
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:device_code".to_owned(),
+            ),
+            ("device_code", self.device_code.expose_secret().to_owned()),
+        ];
+        let (status, body) = match self
+            .oidc
+            .post_form(&token_endpoint, d.basic_auth, params)
+            .await
+        {
+            Ok(x) => x,
+            Err(e) => return Poll::Failed(e),
+        };
+        if status.is_success() {
+            let tokens: TokenResponse = match serde_json::from_slice(&body) {
+                Ok(t) => t,
+                Err(e) => {
+                    return Poll::Done(Err(FlowError::Idp(format!(
+                        "unreadable token response: {e}"
+                    ))))
+                }
+            };
+            let Some(id_token) = tokens.id_token else {
+                return Poll::Done(Err(FlowError::Idp(
+                    "no ID token in the answer (is the openid scope allowed for this client?)"
+                        .into(),
+                )));
+            };
+            return Poll::Done(
+                self.oidc
+                    .identity_from_tokens(
+                        &id_token,
+                        tokens.access_token.as_ref(),
+                        None,
+                        AuthMethod::DeviceFlow,
+                    )
+                    .await,
+            );
+        }
+        if status.is_server_error() {
+            return Poll::Failed(format!("HTTP {status}"));
+        }
+        match serde_json::from_slice::<OAuthError>(&body) {
+            Ok(e) => match e.error.as_str() {
+                "authorization_pending" => Poll::Pending,
+                "slow_down" => Poll::SlowDown,
+                "access_denied" => Poll::Done(Err(FlowError::Denied)),
+                "expired_token" => Poll::Done(Err(FlowError::Expired)),
+                other => Poll::Done(Err(FlowError::Idp(match e.error_description {
+                    Some(d) => format!("{other}: {d}"),
+                    None => other.to_owned(),
+                }))),
+            },
+            Err(_) => Poll::Done(Err(FlowError::Idp(describe_error(status, &body)))),
+        }
+    }
+}
+
+fn is_asymmetric(alg: &CoreJwsSigningAlgorithm) -> bool {
+    use CoreJwsSigningAlgorithm as A;
+    matches!(
+        alg,
+        A::RsaSsaPkcs1V15Sha256
+            | A::RsaSsaPkcs1V15Sha384
+            | A::RsaSsaPkcs1V15Sha512
+            | A::RsaSsaPssSha256
+            | A::RsaSsaPssSha384
+            | A::RsaSsaPssSha512
+            | A::EcdsaP256Sha256
+            | A::EcdsaP384Sha384
+            | A::EcdsaP521Sha512
+            | A::EdDsa
+    )
+}
+
+fn decode_payload(jwt: &str) -> Result<Map<String, Value>, String> {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).ok_or("not a JWT")?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|e| format!("payload is not base64url: {e}"))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("payload is not a JSON object: {e}"))
+}
+
+fn describe_error(status: reqwest::StatusCode, body: &[u8]) -> String {
+    match serde_json::from_slice::<OAuthError>(body) {
+        Ok(e) => match e.error_description {
+            Some(d) => format!("{}: {d}", e.error),
+            None => e.error,
+        },
+        Err(_) => format!("HTTP {status}"),
+    }
+}
+
+/// RFC 6749 §2.3.1: client credentials in Basic auth are form-encoded first.
+fn form_encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
