@@ -18,6 +18,10 @@ apt_install() {
 # The tests drive the real OpenSSH client tools.
 need ssh && need ssh-keygen && need ssh-agent && need sftp || apt_install openssh-client
 
+# The test identity provider (npm oidc-provider, pinned by tests/idp/package-lock.json).
+need node && need npm || apt_install nodejs npm
+(cd tests/idp && npm ci --no-audit --no-fund --loglevel=error)
+
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets "$@"

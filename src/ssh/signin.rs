@@ -158,9 +158,10 @@ pub fn plain_text(challenge: &Challenge) -> String {
     ));
     if let Some(qr) = qr_lines(challenge.best_uri()) {
         for l in qr {
-            s.push_str("  ");
+            // Black on white whatever the terminal's theme: scanners need dark-on-light.
+            s.push_str("  \x1b[30;107m");
             s.push_str(&l);
-            s.push_str("\r\n");
+            s.push_str("\x1b[0m\r\n");
         }
     }
     let left = challenge

@@ -8,6 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod idp;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_hermes-ssh-gateway");
 
 /// An ed25519 key pair made by ssh-keygen.
@@ -347,6 +349,58 @@ impl PtyClient {
         let mut parser = vt100::Parser::new(size.rows, size.cols, 0);
         parser.process(&self.screen.lock().unwrap());
         parser.screen().contents()
+    }
+
+    /// Reads the QR code drawn on the screen (black-on-white Unicode half blocks) with a real
+    /// QR decoder, as a phone camera would.
+    pub fn decode_qr(&self) -> Option<String> {
+        let size = self.master.get_size().unwrap();
+        let mut parser = vt100::Parser::new(size.rows, size.cols, 0);
+        parser.process(&self.screen.lock().unwrap());
+        let screen = parser.screen();
+        let white = |r: u16, c: u16| {
+            screen.cell(r, c).is_some_and(|cell| {
+                matches!(cell.bgcolor(), vt100::Color::Idx(7) | vt100::Color::Idx(15))
+            })
+        };
+        let cells: Vec<(u16, u16)> = (0..size.rows)
+            .flat_map(|r| (0..size.cols).map(move |c| (r, c)))
+            .filter(|&(r, c)| white(r, c))
+            .collect();
+        let r0 = cells.iter().map(|x| x.0).min()?;
+        let r1 = cells.iter().map(|x| x.0).max()?;
+        let c0 = cells.iter().map(|x| x.1).min()?;
+        let c1 = cells.iter().map(|x| x.1).max()?;
+        let (w, h) = ((c1 - c0 + 1) as usize, 2 * (r1 - r0 + 1) as usize);
+        let mut dark = vec![false; w * h];
+        for r in r0..=r1 {
+            for c in c0..=c1 {
+                let ch = screen
+                    .cell(r, c)
+                    .map(|x| x.contents().to_string())
+                    .unwrap_or_default();
+                let (top, bottom) = match ch.as_str() {
+                    "█" => (true, true),
+                    "▀" => (true, false),
+                    "▄" => (false, true),
+                    _ => (false, false),
+                };
+                let (x, y) = ((c - c0) as usize, 2 * (r - r0) as usize);
+                dark[y * w + x] = top;
+                dark[(y + 1) * w + x] = bottom;
+            }
+        }
+        const SCALE: usize = 4;
+        let mut img = rqrr::PreparedImage::prepare_from_greyscale(w * SCALE, h * SCALE, |x, y| {
+            if dark[(y / SCALE) * w + x / SCALE] {
+                0
+            } else {
+                255
+            }
+        });
+        let grids = img.detect_grids();
+        let (_, content) = grids.first()?.decode().ok()?;
+        Some(content)
     }
 
     /// Waits until the screen shows `needle`.
