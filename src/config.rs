@@ -121,7 +121,7 @@ fn default_max_pending_per_ip() -> usize {
     4
 }
 fn default_pending_timeout() -> Duration {
-    Duration::from_secs(15 * 60)
+    Duration::from_secs(10 * 60)
 }
 
 /// An issuer URL: https, or http on a loopback address (for local testing only).

@@ -496,3 +496,21 @@ fn pending_sign_ins_are_capped_per_address() {
         c.expect_screen("user_code=", Duration::from_secs(5))
     }));
 }
+
+#[test]
+fn a_new_signing_key_at_the_idp_is_picked_up_by_its_kid() {
+    let s = setup("", &[("INTERVAL", "1")]);
+    let key = Keypair::new(s.tmp.path(), "k");
+    // The IdP restarts on the same port with a new signing key (and a new kid): key rotation.
+    let port = s.idp.port.to_string();
+    let Setup { tmp, idp, gw } = s;
+    drop(idp);
+    let idp = Idp::start(&[("PORT", &port), ("INTERVAL", "1")]);
+    let c = PtyClient::spawn(&pty_args(&gw, &key, &[]), 120, 50);
+    assert!(c.expect_screen("user_code=", T), "{}", c.screen());
+    let uri = find_complete_uri(&c.screen()).unwrap();
+    idp.approve(&uri, "alice");
+    assert!(c.expect("PROGRAM-STARTED ID=alice", T), "{}", c.output());
+    assert!(gw.wait_log("keys refreshed", T).is_some(), "{}", gw.log());
+    drop(tmp);
+}

@@ -84,7 +84,8 @@ struct Discovered {
     authorization_endpoint: url::Url,
     jwks_uri: JsonWebKeySetUrl,
     jwks: RwLock<CoreJsonWebKeySet>,
-    jwks_fetched: Mutex<Instant>,
+    /// When the keys were last re-fetched for an unknown kid (None: never).
+    jwks_fetched: Mutex<Option<Instant>>,
     algs: Vec<CoreJwsSigningAlgorithm>,
     basic_auth: bool,
 }
@@ -258,7 +259,7 @@ impl Oidc {
             authorization_endpoint: meta.authorization_endpoint().url().clone(),
             jwks_uri: meta.jwks_uri().clone(),
             jwks: RwLock::new(meta.jwks().clone()),
-            jwks_fetched: Mutex::new(Instant::now()),
+            jwks_fetched: Mutex::new(None),
             algs,
             basic_auth,
         };
@@ -462,10 +463,10 @@ impl Oidc {
             let Ok(mut last) = d.jwks_fetched.lock() else {
                 return false;
             };
-            if last.elapsed() < JWKS_MIN_REFRESH {
+            if last.is_some_and(|t| t.elapsed() < JWKS_MIN_REFRESH) {
                 return false;
             }
-            *last = Instant::now();
+            *last = Some(Instant::now());
         }
         match CoreJsonWebKeySet::fetch_async(&d.jwks_uri, &self.http).await {
             Ok(keys) => {

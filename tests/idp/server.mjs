@@ -43,7 +43,7 @@ const USERS = {
 const state = { slowDown: 0, tokenMode: 'normal', polls: [] };
 
 const { privateKey, publicKey } = await jose.generateKeyPair('RS256', { extractable: true });
-const signingJwk = { ...(await jose.exportJWK(privateKey)), kid: 'test-key-1', alg: 'RS256', use: 'sig' };
+const signingJwk = { ...(await jose.exportJWK(privateKey)), kid: `test-key-${crypto.randomBytes(4).toString('hex')}`, alg: 'RS256', use: 'sig' };
 const foreign = await jose.generateKeyPair('RS256', { extractable: true });
 const publicPem = await jose.exportSPKI(publicKey);
 
