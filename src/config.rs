@@ -50,6 +50,54 @@ pub struct Config {
     pub oidc: Option<OidcConfig>,
     /// `[state]`: where durable state (key enrollments) lives.
     pub state: StateConfig,
+    /// `[web]`: the optional browser terminal. Absent: off.
+    pub web: Option<WebConfig>,
+}
+
+/// `[web]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The URL users open, e.g. `https://hermes.example.com` (the OIDC redirect URI is
+    /// `<public_url>/auth/callback`; the only accepted `Origin`).
+    pub public_url: PublicUrl,
+    /// How long a browser session lasts.
+    #[serde(default = "default_session_ttl", with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Lifetime of a WebSocket ticket (`POST /api/auth/ws-ticket`).
+    #[serde(default = "default_ticket_ttl", with = "humantime_serde")]
+    pub ticket_ttl: Duration,
+}
+
+fn default_ticket_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_session_ttl() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+
+/// `scheme://host[:port]`, no path, no trailing slash.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct PublicUrl(pub String);
+
+impl TryFrom<String> for PublicUrl {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let u = url::Url::parse(&s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+        if !matches!(u.scheme(), "http" | "https") {
+            return Err(format!("{s:?}: public_url must be http or https"));
+        }
+        if u.path() != "/" || u.query().is_some() {
+            return Err(format!(
+                "{s:?}: public_url is scheme://host[:port] only (serving under a path is not supported)"
+            ));
+        }
+        Ok(PublicUrl(u.origin().ascii_serialization()))
+    }
 }
 
 /// `[oidc]`

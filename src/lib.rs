@@ -13,3 +13,4 @@ pub mod identity;
 pub mod launcher;
 pub mod ssh;
 pub mod tui;
+pub mod web;

@@ -14,9 +14,11 @@ use hermes_ssh_gateway::identity::claims::ClaimPolicy;
 use hermes_ssh_gateway::identity::limits::PendingLimiter;
 use hermes_ssh_gateway::identity::oidc::{Oidc, OidcSettings};
 use hermes_ssh_gateway::identity::store::FileEnrollmentStore;
+use hermes_ssh_gateway::identity::tickets::MemoryTicketStore;
 use hermes_ssh_gateway::identity::KeyRegistry;
 use hermes_ssh_gateway::launcher::{LaunchSpec, SessionEnv};
-use hermes_ssh_gateway::ssh::{hostkey, SshContext, SshServer, SshSettings};
+use hermes_ssh_gateway::ssh::{hostkey, SshContext, SshServer, SshSettings, WebLink};
+use hermes_ssh_gateway::web::{SessionStore, WebContext};
 
 /// SSH gateway that runs a terminal program (by default `hermes --tui`) and tells it who is
 /// typing, through HERMES_DASHBOARD_USER_ID.
@@ -177,6 +179,36 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
         None => (None, None, Duration::ZERO, Duration::from_secs(600)),
     };
+    let tickets = MemoryTicketStore::new();
+    tickets.spawn_sweeper(Duration::from_secs(10), shutdown.clone());
+    let mut web_task = None;
+    let web_link = match &config.web {
+        Some(w) => {
+            let web_listener = tokio::net::TcpListener::bind(w.listen)
+                .await
+                .with_context(|| format!("[web] listen = \"{}\": cannot bind", w.listen))?;
+            tracing::info!(addr = %web_listener.local_addr()?, public_url = %w.public_url.0, "web front listening");
+            let web_ctx = Arc::new(WebContext {
+                public_url: w.public_url.0.clone(),
+                oidc: oidc.clone(),
+                tickets: tickets.clone(),
+                sessions: SessionStore::new(),
+                launch: launch.clone(),
+                session_ttl: w.session_ttl,
+                ticket_ttl: w.ticket_ttl,
+            });
+            web_task = Some(tokio::spawn(hermes_ssh_gateway::web::serve(
+                web_listener,
+                web_ctx,
+                shutdown.clone(),
+            )));
+            Some(WebLink {
+                tickets: tickets.clone(),
+                public_url: w.public_url.0.clone(),
+            })
+        }
+        None => None,
+    };
     let ctx = SshContext {
         registry,
         launch,
@@ -187,6 +219,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         limiter,
         enroll_ttl,
         pending_timeout,
+        web_link,
     };
     let server = SshServer::new(host_key, ctx, &settings);
 
@@ -197,6 +230,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         signal_token.cancel();
     });
     server.serve(listener, shutdown).await;
+    if let Some(t) = web_task {
+        t.await??;
+    }
     Ok(())
 }
 

@@ -9,6 +9,7 @@ pub mod limits;
 pub mod oidc;
 pub mod principal;
 pub mod store;
+pub mod tickets;
 pub mod user_id;
 
 pub use keys::KeyRegistry;

@@ -16,6 +16,7 @@ use crate::config::{EnvPattern, ExecPolicy};
 use crate::identity::limits::PendingLimiter;
 use crate::identity::oidc::Oidc;
 use crate::identity::store::EnrollmentStore;
+use crate::identity::tickets::TicketStore;
 use crate::identity::KeyRegistry;
 use crate::launcher::LaunchSpec;
 
@@ -41,4 +42,14 @@ pub struct SshContext {
     pub enroll_ttl: Duration,
     /// A pending connection is closed after this long.
     pub pending_timeout: Duration,
+    /// `ssh host link`: tickets and the web front's URL, when the web front runs.
+    pub web_link: Option<WebLink>,
+}
+
+/// What `ssh host link` needs: the shared ticket store and where the browser goes.
+pub struct WebLink {
+    /// Tickets shared with the web front.
+    pub tickets: Arc<dyn TicketStore>,
+    /// The web front's public URL.
+    pub public_url: String,
 }

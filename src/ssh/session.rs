@@ -20,8 +20,10 @@ use super::auth::Principal;
 use super::SshContext;
 use crate::config::ExecPolicy;
 use crate::identity::store::Enrollment;
+use crate::identity::tickets::Purpose;
 use crate::identity::{AuthMethod, Identity, Pending};
 use crate::launcher::{self, process::Resizer, LaunchError, SessionEnv, TermSize, TerminalModes};
+use secrecy::ExposeSecret;
 
 /// Input chunks queued between the channel and the program before the client is slowed down.
 const INPUT_QUEUE: usize = 64;
@@ -29,6 +31,8 @@ const INPUT_QUEUE: usize = 64;
 const OUTPUT_CHUNK: usize = 32 * 1024;
 /// After the program exits, how long its remaining output may take to arrive.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(300);
+/// Lifetime of an `ssh host link` URL.
+const LINK_TTL: Duration = Duration::from_secs(60);
 /// Most client variables accepted per channel.
 const MAX_CLIENT_ENV: usize = 64;
 
@@ -304,6 +308,8 @@ pub enum Work {
     Whoami,
     /// Remove the enrollment of the key this connection used.
     Logout,
+    /// Print a one-use link that logs a browser in as this user.
+    Link,
     /// Run the configured program with these extra arguments.
     Program(Vec<String>),
     /// Refuse with this message.
@@ -316,11 +322,12 @@ pub fn classify_exec(command: &str, policy: ExecPolicy) -> Work {
     match words.first().map(String::as_str) {
         Some("whoami") if words.len() == 1 => Work::Whoami,
         Some("logout") if words.len() == 1 => Work::Logout,
+        Some("link") if words.len() == 1 => Work::Link,
         None => Work::Program(Vec::new()),
         Some(_) => match policy {
             ExecPolicy::Args => Work::Program(words),
             ExecPolicy::Refuse => Work::Refuse(format!(
-                "hermes-ssh-gateway: command {:?} is not available here; built-ins: whoami, logout (or connect without a command)",
+                "hermes-ssh-gateway: command {:?} is not available here; built-ins: whoami, link, logout (or connect without a command)",
                 command.trim()
             )),
         },
@@ -370,6 +377,7 @@ impl Job {
                 finish(&self.writer, 0).await;
             }
             Work::Logout => self.logout(&identity).await,
+            Work::Link => self.link(&identity).await,
             Work::Refuse(msg) => {
                 tracing::info!(user = %identity.user_id, "refused exec: {msg}");
                 self.refuse(&msg).await;
@@ -404,6 +412,36 @@ impl Job {
                 .await
             }
             _ => self.refuse("hermes-ssh-gateway: this connection used no linked key; nothing to sign out").await,
+        }
+    }
+
+    /// `link`: a 60-second, single-use URL that logs a browser in as this user.
+    async fn link(&self, identity: &Identity) {
+        let Some(web) = &self.ctx.web_link else {
+            return self
+                .refuse("hermes-ssh-gateway: the web front is not enabled on this gateway")
+                .await;
+        };
+        match web
+            .tickets
+            .mint(identity, Purpose::WebLogin, LINK_TTL)
+            .await
+        {
+            Ok(t) => {
+                tracing::info!(user = %identity.user_id, "web login link minted");
+                self.print(format!(
+                    "{}/auth/ticket?t={}\n",
+                    web.public_url,
+                    t.expose_secret()
+                ))
+                .await;
+                finish(&self.writer, 0).await;
+            }
+            Err(e) => {
+                tracing::error!(reason = %e, "minting a web login ticket failed");
+                self.refuse("hermes-ssh-gateway: cannot create a link right now")
+                    .await;
+            }
         }
     }
 

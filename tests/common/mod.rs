@@ -114,7 +114,7 @@ impl Gateway {
             log,
         };
         let line = gw
-            .wait_log("listening", Duration::from_secs(20))
+            .wait_log("listening; try", Duration::from_secs(20))
             .unwrap_or_else(|| panic!("gateway did not start; log:\n{}", gw.log()));
         let addr = line
             .split_whitespace()

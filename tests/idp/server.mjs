@@ -147,6 +147,15 @@ provider.use(async (ctx, next) => {
   if (m) {
     const details = await provider.interactionDetails(ctx.req, ctx.res);
     if (!m[2]) {
+      if (String(ctx.get('accept')).includes('text/html')) {
+        // A minimal login form for real browsers.
+        ctx.type = 'html';
+        ctx.body = `<!doctype html><html><body><h1>Test IdP login</h1>
+<form method="post" action="/interaction/${details.uid}/login">
+<input id="login" name="login" placeholder="user name"><button id="submit" type="submit">Sign in</button>
+</form></body></html>`;
+        return;
+      }
       ctx.body = { uid: details.uid, prompt: details.prompt.name, client_id: details.params.client_id };
       return;
     }

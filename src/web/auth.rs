@@ -1,0 +1,349 @@
+//! Browser login (authorization code + PKCE), sessions, tickets.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::Json;
+use dashmap::DashMap;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use super::{escape, WebContext, INDEX_HTML, SIGNIN_HTML};
+use crate::identity::tickets::{random_token, token_hash, Purpose};
+use crate::identity::Identity;
+
+/// The session cookie's name.
+pub const COOKIE: &str = "hermes_session";
+/// Logins started but not finished are forgotten after this.
+const LOGIN_TTL: Duration = Duration::from_secs(600);
+/// At most this many logins in flight (a flood of /auth/login cannot grow memory without bound).
+const MAX_LOGINS: usize = 10_000;
+
+struct LoginAttempt {
+    nonce: String,
+    verifier: SecretString,
+    expires: Instant,
+}
+
+struct WebSession {
+    identity: Identity,
+    expires: Instant,
+}
+
+/// Server-side browser sessions, keyed by the hash of the cookie value, and logins in flight.
+#[derive(Default)]
+pub struct SessionStore {
+    sessions: DashMap<String, WebSession>,
+    logins: DashMap<String, LoginAttempt>,
+}
+
+impl SessionStore {
+    /// An empty store.
+    pub fn new() -> Arc<SessionStore> {
+        Arc::new(SessionStore::default())
+    }
+
+    /// Drops expired sessions and logins.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.sessions.retain(|_, s| s.expires > now);
+        self.logins.retain(|_, l| l.expires > now);
+    }
+
+    fn create(&self, identity: Identity, ttl: Duration) -> SecretString {
+        let token = random_token();
+        self.sessions.insert(
+            token_hash(token.expose_secret()),
+            WebSession {
+                identity,
+                expires: Instant::now() + ttl,
+            },
+        );
+        token
+    }
+
+    fn get(&self, cookie: &str) -> Option<Identity> {
+        let s = self.sessions.get(&token_hash(cookie))?;
+        (s.expires > Instant::now()).then(|| s.identity.clone())
+    }
+
+    fn remove(&self, cookie: &str) {
+        self.sessions.remove(&token_hash(cookie));
+    }
+}
+
+fn cookie_value(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// The identity of the browser's session, if any.
+fn session_identity(ctx: &WebContext, headers: &HeaderMap) -> Option<Identity> {
+    ctx.sessions.get(&cookie_value(headers)?)
+}
+
+fn set_cookie(ctx: &WebContext, value: &str, max_age: Duration) -> String {
+    format!(
+        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+        max_age.as_secs(),
+        if ctx.secure_cookies() { "; Secure" } else { "" }
+    )
+}
+
+fn signin_page(ctx: &WebContext, message: &str, status: StatusCode) -> Response {
+    let host = ctx
+        .public_url
+        .split("://")
+        .nth(1)
+        .and_then(|h| h.split(':').next())
+        .unwrap_or("host");
+    let msg = if message.is_empty() {
+        String::new()
+    } else {
+        format!("<p id=\"message\">{}</p>", escape(message))
+    };
+    let page = SIGNIN_HTML
+        .replace("{{MESSAGE}}", &msg)
+        .replace("{{HOST}}", &escape(host));
+    (status, Html(page)).into_response()
+}
+
+/// `GET /`: the terminal when signed in, else a sign-in link.
+pub async fn index(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Response {
+    match session_identity(&ctx, &headers) {
+        Some(id) => Html(
+            INDEX_HTML
+                .replace("{{USER}}", &escape(id.user_id.as_str()))
+                .replace("{{METHOD}}", id.method.as_str()),
+        )
+        .into_response(),
+        None => signin_page(&ctx, "", StatusCode::OK),
+    }
+}
+
+/// `GET /auth/login`: to the IdP, with PKCE, state and nonce.
+pub async fn login(State(ctx): State<Arc<WebContext>>) -> Response {
+    let Some(oidc) = &ctx.oidc else {
+        return signin_page(
+            &ctx,
+            "No identity provider is configured for browser sign-in.",
+            StatusCode::SERVICE_UNAVAILABLE,
+        );
+    };
+    if ctx.sessions.logins.len() >= MAX_LOGINS {
+        tracing::warn!("too many browser logins in flight; refusing new ones");
+        return signin_page(
+            &ctx,
+            "Too many sign-ins in progress; try again shortly.",
+            StatusCode::SERVICE_UNAVAILABLE,
+        );
+    }
+    match oidc.authorization_request(&ctx.redirect_uri()) {
+        Ok(req) => {
+            ctx.sessions.logins.insert(
+                req.state.clone(),
+                LoginAttempt {
+                    nonce: req.nonce,
+                    verifier: req.pkce_verifier,
+                    expires: Instant::now() + LOGIN_TTL,
+                },
+            );
+            Redirect::to(req.url.as_str()).into_response()
+        }
+        Err(e) => signin_page(&ctx, &e.to_string(), StatusCode::SERVICE_UNAVAILABLE),
+    }
+}
+
+/// The IdP's answer.
+#[derive(Deserialize)]
+pub struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// `GET /auth/callback`: checks `state`, redeems the code (PKCE), validates the ID token like the
+/// device flow (plus `nonce`), applies the same claim mapping and allow-lists, starts a session.
+pub async fn callback(
+    State(ctx): State<Arc<WebContext>>,
+    Query(q): Query<CallbackQuery>,
+) -> Response {
+    let Some(oidc) = &ctx.oidc else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if let Some(err) = q.error {
+        let detail = q.error_description.unwrap_or_default();
+        tracing::info!(error = %err, detail, "browser login refused at the identity provider");
+        return signin_page(
+            &ctx,
+            &format!("Sign-in was refused: {err}"),
+            StatusCode::FORBIDDEN,
+        );
+    }
+    let (Some(code), Some(state)) = (q.code, q.state) else {
+        return signin_page(
+            &ctx,
+            "Incomplete answer from the identity provider.",
+            StatusCode::BAD_REQUEST,
+        );
+    };
+    // The state is single use: taking it out makes a replayed callback fail.
+    let Some((_, attempt)) = ctx.sessions.logins.remove(&state) else {
+        tracing::warn!("browser login callback with an unknown or used state");
+        return signin_page(
+            &ctx,
+            "This sign-in link is no longer valid; sign in again.",
+            StatusCode::BAD_REQUEST,
+        );
+    };
+    if attempt.expires <= Instant::now() {
+        return signin_page(
+            &ctx,
+            "The sign-in took too long; sign in again.",
+            StatusCode::BAD_REQUEST,
+        );
+    }
+    match oidc
+        .exchange_code(
+            &code,
+            &attempt.verifier,
+            &ctx.redirect_uri(),
+            &attempt.nonce,
+        )
+        .await
+    {
+        Ok(identity) => {
+            tracing::info!(user = %identity.user_id, method = %identity.method, provider = %identity.provider, "browser signed in");
+            let token = ctx.sessions.create(identity, ctx.session_ttl);
+            (
+                [(
+                    header::SET_COOKIE,
+                    set_cookie(&ctx, token.expose_secret(), ctx.session_ttl),
+                )],
+                Redirect::to("/"),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            if let crate::identity::oidc::FlowError::InvalidToken(detail) = &e {
+                tracing::warn!(detail, "ID token refused (browser login)");
+            }
+            tracing::info!(reason = %e, "browser login failed");
+            signin_page(&ctx, &e.to_string(), StatusCode::FORBIDDEN)
+        }
+    }
+}
+
+/// `POST /auth/logout`.
+pub async fn logout(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Response {
+    if !ctx.same_origin(&headers) {
+        tracing::warn!("refused: logout from a foreign origin");
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    if let Some(c) = cookie_value(&headers) {
+        ctx.sessions.remove(&c);
+    }
+    (
+        [(header::SET_COOKIE, set_cookie(&ctx, "", Duration::ZERO))],
+        Redirect::to("/"),
+    )
+        .into_response()
+}
+
+/// `GET /api/auth/me`: the session's identity as JSON.
+pub async fn me(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Response {
+    match session_identity(&ctx, &headers) {
+        Some(id) => Json(id).into_response(),
+        None => (
+            StatusCode::UNAUTHORIZED,
+            Json(serde_json::json!({"error": "not signed in"})),
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /api/auth/ws-ticket`: a 30-second, single-use ticket for `/api/pty`, for the session's
+/// identity (the same shape as the Hermes dashboard's).
+pub async fn ws_ticket(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Response {
+    // CSRF: the cookie is SameSite=Lax, and a state-changing POST must come from our own pages.
+    if !ctx.same_origin(&headers) {
+        tracing::warn!("refused: ws-ticket request from a foreign origin");
+        return (
+            StatusCode::FORBIDDEN,
+            Json(serde_json::json!({"error": "forbidden"})),
+        )
+            .into_response();
+    }
+    let Some(identity) = session_identity(&ctx, &headers) else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(serde_json::json!({"error": "not signed in"})),
+        )
+            .into_response();
+    };
+    match ctx
+        .tickets
+        .mint(&identity, Purpose::Pty, ctx.ticket_ttl)
+        .await
+    {
+        Ok(t) => Json(serde_json::json!({
+            "ticket": t.expose_secret(),
+            "ttl_seconds": ctx.ticket_ttl.as_secs(),
+        }))
+        .into_response(),
+        Err(e) => {
+            tracing::error!(reason = %e, "minting a ticket failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({"error": "unavailable"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// `?t=…`
+#[derive(Deserialize)]
+pub struct TicketQuery {
+    t: Option<String>,
+}
+
+/// `GET /auth/ticket?t=…`: the SSH → browser hand-off (`ssh host link`).
+pub async fn ticket_login(
+    State(ctx): State<Arc<WebContext>>,
+    Query(q): Query<TicketQuery>,
+) -> Response {
+    let token = q.t.unwrap_or_default();
+    match ctx.tickets.consume(&token, Purpose::WebLogin).await {
+        Ok(identity) => {
+            tracing::info!(user = %identity.user_id, method = %identity.method, "browser signed in with an ssh link");
+            let session = ctx.sessions.create(identity, ctx.session_ttl);
+            (
+                [(
+                    header::SET_COOKIE,
+                    set_cookie(&ctx, session.expose_secret(), ctx.session_ttl),
+                )],
+                Redirect::to("/"),
+            )
+                .into_response()
+        }
+        Err(reason) => {
+            tracing::warn!(%reason, "refused: web-login ticket");
+            signin_page(
+                &ctx,
+                "This link is invalid or has expired. Run `link` again.",
+                StatusCode::FORBIDDEN,
+            )
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The optional web front: OIDC login in the browser, single-use WebSocket tickets, and a
+//! browser terminal (xterm.js) on the same launcher and identity as SSH.
+//!
+//! Depends on the identity core and the launcher; knows nothing of the SSH front. Identity never
+//! comes from anything the client sends: only from the server-side session or a consumed ticket.
+
+mod auth;
+mod pty;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::identity::oidc::Oidc;
+use crate::identity::tickets::TicketStore;
+use crate::launcher::LaunchSpec;
+
+pub use auth::SessionStore;
+
+/// What the web front needs.
+pub struct WebContext {
+    /// The URL users open (scheme, host and port, no trailing slash); also the only accepted
+    /// `Origin`.
+    pub public_url: String,
+    /// Browser login with the IdP (absent: only `ssh host link` logs browsers in).
+    pub oidc: Option<Arc<Oidc>>,
+    /// Tickets shared with the other fronts.
+    pub tickets: Arc<dyn TicketStore>,
+    /// Browser sessions.
+    pub sessions: Arc<SessionStore>,
+    /// What to run.
+    pub launch: Arc<LaunchSpec>,
+    /// How long a browser session lasts.
+    pub session_ttl: Duration,
+    /// Lifetime of a WebSocket ticket.
+    pub ticket_ttl: Duration,
+}
+
+impl WebContext {
+    fn secure_cookies(&self) -> bool {
+        self.public_url.starts_with("https://")
+    }
+
+    fn redirect_uri(&self) -> String {
+        format!("{}/auth/callback", self.public_url)
+    }
+
+    /// Whether a request's `Origin` is this gateway's own (CSRF and cross-site WebSocket guard).
+    fn same_origin(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|o| o.trim_end_matches('/') == self.public_url)
+    }
+}
+
+/// The routes.
+pub fn router(ctx: Arc<WebContext>) -> Router {
+    Router::new()
+        .route("/", get(auth::index))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/assets/{file}", get(asset))
+        .route("/auth/login", get(auth::login))
+        .route("/auth/callback", get(auth::callback))
+        .route("/auth/logout", post(auth::logout))
+        .route("/auth/ticket", get(auth::ticket_login))
+        .route("/api/auth/me", get(auth::me))
+        .route("/api/auth/ws-ticket", post(auth::ws_ticket))
+        .route("/api/pty", get(pty::pty))
+        .with_state(ctx)
+}
+
+/// Serves on an already-bound listener until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<WebContext>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let sessions = ctx.sessions.clone();
+    let sweeper_stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = sweeper_stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(60)) => sessions.sweep(),
+            }
+        }
+    });
+    axum::serve(listener, router(ctx))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const SIGNIN_HTML: &str = include_str!("assets/signin.html");
+
+/// The embedded static files: pinned xterm.js (with its license) and our script.
+async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+    let (body, mime): (&'static [u8], &str) = match file.as_str() {
+        "xterm.js" => (include_bytes!("assets/vendor/xterm.js"), "text/javascript"),
+        "xterm.css" => (include_bytes!("assets/vendor/xterm.css"), "text/css"),
+        "addon-fit.js" => (
+            include_bytes!("assets/vendor/addon-fit.js"),
+            "text/javascript",
+        ),
+        "LICENSE.xterm" => (include_bytes!("assets/vendor/LICENSE.xterm"), "text/plain"),
+        "LICENSE.addon-fit" => (
+            include_bytes!("assets/vendor/LICENSE.addon-fit"),
+            "text/plain",
+        ),
+        "app.js" => (include_bytes!("assets/app.js"), "text/javascript"),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, mime),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Minimal HTML escaping for values put into the pages.
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}

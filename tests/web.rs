@@ -1,0 +1,412 @@
+//! The web front: browser login at the real test IdP (code flow + PKCE, plain HTTP with a cookie
+//! jar), WebSocket tickets, the WebSocket terminal (a real WebSocket client), the ssh → browser
+//! hand-off, and one end-to-end run in real headless Chromium.
+
+mod common;
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::idp::{free_port, oidc_section, Idp};
+use common::*;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::{Message, WebSocket};
+
+const T: Duration = Duration::from_secs(30);
+
+struct Web {
+    tmp: tempfile::TempDir,
+    idp: Idp,
+    gw: Gateway,
+    url: String,
+}
+
+fn setup(extra_web: &str) -> Web {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let idp = Idp::start(&[("REDIRECT_URIS", &format!("{url}/auth/callback"))]);
+    let cfg = config(
+        "",
+        &format!(
+            "[session]\ncommand = [\"/bin/sh\"]\n[web]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{url}\"\n{extra_web}\n{}",
+            oidc_section(&idp.issuer, "")
+        ),
+    );
+    let gw = Gateway::start(tmp.path(), &cfg);
+    assert!(
+        gw.wait_log("identity provider discovered", T).is_some(),
+        "{}",
+        gw.log()
+    );
+    assert!(gw.wait_log("web front listening", T).is_some());
+    Web { tmp, idp, gw, url }
+}
+
+fn browser() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .cookie_store(true)
+        .timeout(T)
+        .build()
+        .unwrap()
+}
+
+/// Logs `user` in through the IdP, as a browser would (following every redirect).
+fn login(w: &Web, user: &str) -> reqwest::blocking::Client {
+    let b = browser();
+    let r = b.get(format!("{}/auth/login", w.url)).send().unwrap();
+    let interaction = r.url().to_string();
+    assert!(
+        interaction.contains("/interaction/"),
+        "at the IdP: {interaction}"
+    );
+    let r = b
+        .post(format!("{interaction}/login"))
+        .form(&[("login", user)])
+        .send()
+        .unwrap();
+    assert!(
+        r.url().as_str().starts_with(&w.url),
+        "back at the gateway: {}",
+        r.url()
+    );
+    let page = r.text().unwrap();
+    assert!(page.contains("xterm.js") && page.contains(user), "{page}");
+    b
+}
+
+fn me(w: &Web, b: &reqwest::blocking::Client) -> (u16, serde_json::Value) {
+    let r = b.get(format!("{}/api/auth/me", w.url)).send().unwrap();
+    (r.status().as_u16(), r.json().unwrap_or_default())
+}
+
+fn ws_ticket(w: &Web, b: &reqwest::blocking::Client, origin: &str) -> (u16, serde_json::Value) {
+    let r = b
+        .post(format!("{}/api/auth/ws-ticket", w.url))
+        .header("Origin", origin)
+        .header("Content-Type", "application/json")
+        .body("{}")
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.json().unwrap_or_default())
+}
+
+type Ws = WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
+
+fn open_ws(w: &Web, query: &str, origin: &str) -> Result<Ws, u16> {
+    let url = format!("{}/api/pty?{query}", w.url.replace("http://", "ws://"));
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert("Origin", origin.parse().unwrap());
+    match tungstenite::connect(req) {
+        Ok((ws, _)) => {
+            if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+                s.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+            }
+            Ok(ws)
+        }
+        Err(tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Reads terminal output until it contains `needle`.
+fn read_until(ws: &mut Ws, needle: &str) -> String {
+    let deadline = Instant::now() + T;
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        match ws.read() {
+            Ok(Message::Binary(b)) => seen.extend_from_slice(&b),
+            Ok(Message::Text(t)) => seen.extend_from_slice(t.as_bytes()),
+            Ok(Message::Close(_)) => break,
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+        if text(&seen).contains(needle) {
+            break;
+        }
+    }
+    text(&seen)
+}
+
+fn type_line(ws: &mut Ws, line: &str) {
+    ws.send(Message::Binary(format!("{line}\r").into_bytes().into()))
+        .unwrap();
+}
+
+#[test]
+fn browser_login_ticket_and_websocket_terminal_know_the_user() {
+    let w = setup("");
+    let anon = browser();
+    let page = anon
+        .get(format!("{}/", w.url))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        page.contains("Sign in") && !page.contains("xterm.js"),
+        "{page}"
+    );
+    assert_eq!(me(&w, &anon).0, 401);
+    assert_eq!(ws_ticket(&w, &anon, &w.url).0, 401);
+
+    let b = login(&w, "alice");
+    let (code, who) = me(&w, &b);
+    assert_eq!(code, 200);
+    assert_eq!(who["user_id"], "alice");
+    assert_eq!(who["method"], "web");
+    assert_eq!(who["provider"], w.idp.issuer.as_str());
+
+    let (code, t) = ws_ticket(&w, &b, &w.url);
+    assert_eq!(code, 200, "{t}");
+    assert_eq!(t["ttl_seconds"], 30);
+    let ticket = t["ticket"].as_str().unwrap().to_owned();
+    assert_eq!(ticket.len(), 43);
+    assert!(
+        !w.gw.log().contains(&ticket),
+        "tickets never appear in logs"
+    );
+
+    let mut ws = open_ws(&w, &format!("ticket={ticket}&cols=90&rows=30"), &w.url).unwrap();
+    type_line(&mut ws, "echo ID=$HERMES_DASHBOARD_USER_ID; stty size");
+    let out = read_until(&mut ws, "30 90");
+    assert!(out.contains("ID=alice"), "{out}");
+    ws.send(Message::Text(
+        r#"{"type":"resize","cols":120,"rows":40}"#.into(),
+    ))
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    type_line(&mut ws, "stty size");
+    assert!(read_until(&mut ws, "40 120").contains("40 120"));
+
+    // The same ticket again: refused, before any upgrade.
+    assert_eq!(
+        open_ws(&w, &format!("ticket={ticket}"), &w.url).err(),
+        Some(403)
+    );
+    assert!(
+        w.gw.wait_log("ticket already used", T).is_some(),
+        "{}",
+        w.gw.log()
+    );
+
+    // Closing the socket ends the program's whole process group.
+    type_line(&mut ws, "echo PGID=$$");
+    let out = read_until(&mut ws, "PGID=");
+    let pgid: i32 = out
+        .split("PGID=")
+        .last()
+        .unwrap()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("{out}"));
+    assert!(!group_members(pgid).is_empty());
+    ws.close(None).unwrap();
+    drop(ws);
+    assert!(
+        eventually(T, || group_members(pgid).is_empty()),
+        "{:?}",
+        group_members(pgid)
+    );
+    drop(w.tmp);
+}
+
+#[test]
+fn tickets_from_foreign_origins_wrong_purposes_and_expired_are_refused() {
+    let w = setup("ticket_ttl = \"1s\"\n");
+    let b = login(&w, "alice");
+    // CSRF: a ticket request from another origin.
+    assert_eq!(ws_ticket(&w, &b, "http://evil.example").0, 403);
+    // A WebSocket from another origin, even with a valid ticket.
+    let t = ws_ticket(&w, &b, &w.url).1["ticket"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        open_ws(&w, &format!("ticket={t}"), "http://evil.example").err(),
+        Some(403)
+    );
+    assert!(w.gw.wait_log("foreign origin", T).is_some());
+    // Expired.
+    let t = ws_ticket(&w, &b, &w.url).1["ticket"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(open_ws(&w, &format!("ticket={t}"), &w.url).err(), Some(403));
+    assert!(w.gw.wait_log("ticket expired", T).is_some());
+    // Unknown and missing.
+    assert_eq!(
+        open_ws(&w, &format!("ticket={}", "x".repeat(43)), &w.url).err(),
+        Some(403)
+    );
+    assert_eq!(open_ws(&w, "", &w.url).err(), Some(403));
+    // A pty ticket is not a login link.
+    let t = ws_ticket(&w, &b, &w.url).1["ticket"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = browser()
+        .get(format!("{}/auth/ticket?t={t}", w.url))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(w.gw.wait_log("another purpose", T).is_some());
+    // Logout ends the session.
+    let r = b
+        .post(format!("{}/auth/logout", w.url))
+        .header("Origin", &w.url)
+        .send()
+        .unwrap();
+    assert!(r.status().is_success());
+    assert_eq!(me(&w, &b).0, 401);
+}
+
+#[test]
+fn a_ticket_for_alice_never_starts_a_session_as_anyone_else() {
+    let w = setup("");
+    let alice = login(&w, "alice");
+    let bob = login(&w, "bob");
+    let t = ws_ticket(&w, &alice, &w.url).1["ticket"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Bob's browser presents alice's ticket, plus every hint a client could add.
+    let url = format!(
+        "{}/api/pty?ticket={t}&user_id=bob&user=bob&HERMES_DASHBOARD_USER_ID=bob",
+        w.url.replace("http://", "ws://")
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert("Origin", w.url.parse().unwrap());
+    req.headers_mut()
+        .insert("X-Hermes-User", "bob".parse().unwrap());
+    let bob_cookie = bob
+        .get(format!("{}/api/auth/me", w.url))
+        .send()
+        .unwrap()
+        .headers()
+        .get("set-cookie")
+        .cloned();
+    assert!(bob_cookie.is_none(), "no cookie churn");
+    let (mut ws, _) = tungstenite::connect(req).unwrap();
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+    }
+    type_line(&mut ws, "echo ID=$HERMES_DASHBOARD_USER_ID");
+    let out = read_until(&mut ws, "ID=a");
+    assert!(out.contains("ID=alice") && !out.contains("ID=bob"), "{out}");
+}
+
+#[test]
+fn ssh_link_logs_a_browser_in_as_the_same_user_once() {
+    let w = setup("");
+    let key = Keypair::new(w.tmp.path(), "k");
+    w.gw.set_keys("carol", &key.public_line);
+    assert!(w.gw.wait_log("users=1", T).is_some());
+    let mut ssh = w.gw.ssh(&key);
+    ssh.args(["127.0.0.1", "link"]);
+    let out = run(ssh, T);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let link = text(&out.stdout).trim().to_owned();
+    assert!(
+        link.starts_with(&format!("{}/auth/ticket?t=", w.url)),
+        "{link}"
+    );
+
+    let b = browser();
+    let r = b.get(&link).send().unwrap();
+    assert!(r.status().is_success());
+    assert!(r.text().unwrap().contains("carol"));
+    let (code, who) = me(&w, &b);
+    assert_eq!(code, 200);
+    assert_eq!(who["user_id"], "carol");
+    assert_eq!(
+        who["method"], "key",
+        "the identity is the ssh one, no new IdP round trip"
+    );
+    // The browser's own terminal is carol's too.
+    let t = ws_ticket(&w, &b, &w.url).1["ticket"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut ws = open_ws(&w, &format!("ticket={t}"), &w.url).unwrap();
+    type_line(&mut ws, "echo ID=$HERMES_DASHBOARD_USER_ID");
+    assert!(read_until(&mut ws, "ID=c").contains("ID=carol"));
+
+    // The link works once.
+    let r = browser().get(&link).send().unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+}
+
+#[test]
+fn healthz_and_assets_are_served_from_the_binary() {
+    let w = setup("");
+    let b = browser();
+    assert_eq!(
+        b.get(format!("{}/healthz", w.url))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap(),
+        "ok\n"
+    );
+    for (path, needle) in [
+        ("xterm.js", "Terminal"),
+        ("addon-fit.js", "FitAddon"),
+        ("xterm.css", ".xterm"),
+        ("LICENSE.xterm", "MIT"),
+        ("app.js", "ws-ticket"),
+    ] {
+        let body = b
+            .get(format!("{}/assets/{path}", w.url))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        assert!(body.contains(needle), "{path}");
+    }
+    assert_eq!(
+        b.get(format!("{}/assets/nope.js", w.url))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16(),
+        404
+    );
+}
+
+/// The whole thing in a real browser: sign in, open the terminal page, type, read the user id
+/// back from the rendered terminal. Keeps a screenshot in target/test-artifacts/.
+#[test]
+fn end_to_end_in_headless_chromium() {
+    let w = setup("");
+    let shot = std::path::PathBuf::from(concat!(
+        env!("CARGO_TARGET_TMPDIR"),
+        "/../test-artifacts/web-terminal.png"
+    ));
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/idp/browser.mjs");
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg(script)
+        .env("GATEWAY_URL", &w.url)
+        .env("LOGIN_USER", "alice")
+        .env("SCREENSHOT", &shot);
+    let out = run(cmd, Duration::from_secs(120));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}\n{}", stdout, text(&out.stderr));
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("TERMINAL:"))
+        .unwrap_or_default();
+    assert!(line.contains("ID=alice"), "{stdout}");
+    assert!(shot.exists());
+}
