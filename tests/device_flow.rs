@@ -514,3 +514,27 @@ fn a_new_signing_key_at_the_idp_is_picked_up_by_its_kid() {
     assert!(gw.wait_log("keys refreshed", T).is_some(), "{}", gw.log());
     drop(tmp);
 }
+
+#[test]
+fn clients_without_keys_still_sign_in_without_enrollment() {
+    let s = setup("", &[("INTERVAL", "1")]);
+    let key = Keypair::new(s.tmp.path(), "unused");
+    let c = PtyClient::spawn(
+        &pty_args(&s.gw, &key, &["-o", "PubkeyAuthentication=no"]),
+        120,
+        50,
+    );
+    assert!(c.expect_screen("user_code=", T), "{}", c.screen());
+    let uri = find_complete_uri(&c.screen()).unwrap();
+    s.idp.approve(&uri, "alice");
+    assert!(c.expect("PROGRAM-STARTED ID=alice", T), "{}", c.output());
+    let line = s.gw.wait_log("method=device-flow", T).unwrap();
+    assert!(
+        line.contains("key=\"-\"") || line.contains("key=-"),
+        "{line}"
+    );
+    assert!(
+        !s.gw.log().contains("key enrolled"),
+        "no key, no enrollment"
+    );
+}
