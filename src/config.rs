@@ -52,6 +52,96 @@ pub struct Config {
     pub state: StateConfig,
     /// `[web]`: the optional browser terminal. Absent: off.
     pub web: Option<WebConfig>,
+    /// `[limits]`: connection, session and abuse limits.
+    pub limits: LimitsConfig,
+    /// `[audit]`: the audit log. Absent: off.
+    pub audit: Option<AuditConfig>,
+    /// `[recording]`: session recordings. Absent: off.
+    pub recording: Option<RecordingConfig>,
+    /// `[metrics]`: Prometheus endpoint. Absent: off (the web front still serves /metrics).
+    pub metrics: Option<MetricsConfig>,
+    /// `[admin]`: the admin socket.
+    pub admin: AdminConfig,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Most concurrent SSH connections; more are closed at once (before any SSH work).
+    pub max_connections: usize,
+    /// Most concurrent sessions (programs) per user; 0: no limit.
+    pub max_sessions_per_user: usize,
+    /// An unauthenticated connection is closed after this (a device sign-in in progress is
+    /// authenticated as pending and has `[oidc] pending_timeout` instead).
+    #[serde(with = "humantime_serde")]
+    pub login_grace: Duration,
+    /// A session with no input for this long is ended (after a warning); "0s": never.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections from one address that end without authenticating, within `ban_duration`,
+    /// before that address is banned; 0: never ban.
+    pub auth_failures_before_ban: u32,
+    /// How long a ban lasts (banned addresses are closed at accept, before any SSH work).
+    #[serde(with = "humantime_serde")]
+    pub ban_duration: Duration,
+    /// On SIGTERM, how long sessions may go on (after a warning line) before they are ended.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 1024,
+            max_sessions_per_user: 8,
+            login_grace: Duration::from_secs(120),
+            idle_timeout: Duration::ZERO,
+            auth_failures_before_ban: 10,
+            ban_duration: Duration::from_secs(600),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// JSON-lines file (append-only, fsync per record, mode 0600).
+    pub path: PathBuf,
+}
+
+/// `[recording]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// Directory of asciicast v2 files (created 0700; files 0600).
+    pub dir: PathBuf,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus endpoint (`GET /metrics`).
+    pub listen: SocketAddr,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The admin socket (mode 0600); `hermes-ssh-gateway sessions` talks to it.
+    pub socket: PathBuf,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            socket: PathBuf::from("state/admin.sock"),
+        }
+    }
 }
 
 /// `[web]`
@@ -492,6 +582,14 @@ impl Config {
                 ));
             }
         }
+        if self.limits.max_connections == 0 {
+            return Err(invalid(
+                "[limits] max_connections: must be at least 1".into(),
+            ));
+        }
+        if self.limits.login_grace.is_zero() {
+            return Err(invalid("[limits] login_grace: must be more than 0".into()));
+        }
         if self.ssh.inactivity_timeout.is_zero() {
             return Err(invalid(
                 "[ssh] inactivity_timeout: must be more than 0 (use a large value such as \"30d\" to effectively disable it)".into(),
@@ -509,6 +607,13 @@ impl Config {
         abs(&mut self.ssh.host_key);
         abs(&mut self.ssh.users_dir);
         abs(&mut self.state.dir);
+        abs(&mut self.admin.socket);
+        if let Some(a) = &mut self.audit {
+            abs(&mut a.path);
+        }
+        if let Some(r) = &mut self.recording {
+            abs(&mut r.dir);
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod config;
 pub mod identity;
 pub mod launcher;
+pub mod ops;
 pub mod ssh;
 pub mod tui;
 pub mod web;

@@ -7,17 +7,21 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
+use arc_swap::ArcSwap;
 use hermes_ssh_gateway::config::Config;
 use hermes_ssh_gateway::identity::claims::ClaimPolicy;
+use hermes_ssh_gateway::identity::limits::BanList;
 use hermes_ssh_gateway::identity::limits::PendingLimiter;
 use hermes_ssh_gateway::identity::oidc::{Oidc, OidcSettings};
 use hermes_ssh_gateway::identity::store::FileEnrollmentStore;
 use hermes_ssh_gateway::identity::tickets::MemoryTicketStore;
 use hermes_ssh_gateway::identity::KeyRegistry;
 use hermes_ssh_gateway::launcher::{LaunchSpec, SessionEnv};
-use hermes_ssh_gateway::ssh::{hostkey, SshContext, SshServer, SshSettings, WebLink};
+use hermes_ssh_gateway::ops::{admin, metrics, AuditLog, Ops, Shutdown};
+use hermes_ssh_gateway::ssh::{
+    hostkey, ConnectionLimits, SessionLimits, SshContext, SshServer, SshSettings, WebLink,
+};
 use hermes_ssh_gateway::web::{SessionStore, WebContext};
 
 /// SSH gateway that runs a terminal program (by default `hermes --tui`) and tells it who is
@@ -49,6 +53,15 @@ enum Command {
     /// A small terminal program that shows the identity variables and terminal size it
     /// received; use it as `[session] command` to try the gateway without Hermes.
     DemoTui,
+    /// The running gateway's sessions, live (like `top`): select one and end it.
+    Sessions {
+        /// Print the list once as JSON (for scripts) instead of the live view.
+        #[arg(long)]
+        json: bool,
+        /// The admin socket (default: `[admin] socket` of the config file).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,6 +74,41 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
+        Some(Command::Sessions { json, socket }) => {
+            let socket = match socket {
+                Some(s) => s,
+                None => match Config::load(&cli.config) {
+                    Ok(c) => c.admin.socket,
+                    Err(e) => {
+                        eprintln!("error: {e} (or name the socket with --socket)");
+                        return std::process::ExitCode::from(2);
+                    }
+                },
+            };
+            let result = if json {
+                hermes_ssh_gateway::tui::admin::fetch(&socket).and_then(|rows| {
+                    let v: Vec<serde_json::Value> = rows
+                        .iter()
+                        .map(|r| serde_json::json!({
+                            "id": r.id, "user": r.user, "method": r.method, "front": r.front,
+                            "remote": r.remote, "command": r.command, "started_ms": r.started_ms,
+                            "last_input_ms": r.last_input_ms, "bytes_in": r.bytes_in, "bytes_out": r.bytes_out,
+                        }))
+                        .collect();
+                    println!("{}", serde_json::Value::Array(v));
+                    Ok(())
+                })
+            } else {
+                hermes_ssh_gateway::tui::admin::run(&socket)
+            };
+            match result {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: admin socket {}: {e}", socket.display());
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         Some(Command::CheckConfig) => match check_config(&cli.config) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
@@ -84,7 +132,7 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(serve(config)) {
+            match rt.block_on(serve(config, cli.config.clone())) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -123,7 +171,7 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let (host_key, origin) = hostkey::load_or_generate(&config.ssh.host_key)?;
     tracing::info!(
         path = %config.ssh.host_key.display(),
@@ -132,21 +180,54 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "host key"
     );
 
-    let shutdown = CancellationToken::new();
+    let shutdown = Shutdown::default();
+    // Background work (watchers, sweepers, retries) stops with the last stage.
+    let background = shutdown.terminate.clone();
     let registry = KeyRegistry::open(&config.ssh.users_dir)
         .with_context(|| format!("users_dir {}", config.ssh.users_dir.display()))?;
     registry
-        .watch(Duration::from_millis(100), shutdown.clone())
+        .watch(Duration::from_millis(100), background.clone())
         .with_context(|| format!("watching {}", config.ssh.users_dir.display()))?;
 
-    let launch = Arc::new(LaunchSpec::from_config(&config.session));
-    warn_if_program_missing(&launch);
+    let launch = Arc::new(ArcSwap::from_pointee(LaunchSpec::from_config(
+        &config.session,
+    )));
+    warn_if_program_missing(&launch.load());
+
+    let audit = match &config.audit {
+        Some(a) => Some(
+            AuditLog::open(&a.path)
+                .with_context(|| format!("[audit] path {}", a.path.display()))?,
+        ),
+        None => None,
+    };
+    let ops = Ops::new(audit);
 
     let listener = tokio::net::TcpListener::bind(config.ssh.listen)
         .await
         .with_context(|| format!("[ssh] listen = \"{}\": cannot bind", config.ssh.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening; try: ssh -p {} {}", addr.port(), addr.ip());
+
+    let mut tasks = Vec::new();
+    if let Some(m) = &config.metrics {
+        let l = tokio::net::TcpListener::bind(m.listen)
+            .await
+            .with_context(|| format!("[metrics] listen = \"{}\": cannot bind", m.listen))?;
+        tracing::info!(addr = %l.local_addr()?, "metrics listening");
+        tasks.push(tokio::spawn(metrics::serve(
+            l,
+            ops.clone(),
+            background.clone(),
+        )));
+    }
+    let admin_listener = admin::bind(&config.admin.socket)
+        .with_context(|| format!("[admin] socket {}", config.admin.socket.display()))?;
+    tokio::spawn(admin::serve(
+        admin_listener,
+        ops.sessions.clone(),
+        background.clone(),
+    ));
 
     let settings = SshSettings {
         inactivity_timeout: config.ssh.inactivity_timeout,
@@ -173,15 +254,30 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 leeway: o.leeway,
             })
             .map_err(anyhow::Error::msg)?;
-            oidc.spawn_discovery(shutdown.clone());
+            oidc.spawn_discovery(background.clone());
             let limiter = Arc::new(PendingLimiter::new(o.max_pending, o.max_pending_per_ip));
             (Some(oidc), Some(limiter), o.enroll_ttl, o.pending_timeout)
         }
         None => (None, None, Duration::ZERO, Duration::from_secs(600)),
     };
     let tickets = MemoryTicketStore::new();
-    tickets.spawn_sweeper(Duration::from_secs(10), shutdown.clone());
-    let mut web_task = None;
+    tickets.spawn_sweeper(Duration::from_secs(10), background.clone());
+    let bans = Arc::new(BanList::new(
+        config.limits.auth_failures_before_ban,
+        config.limits.ban_duration,
+    ));
+    {
+        let bans = bans.clone();
+        let stop = background.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => bans.sweep(),
+                }
+            }
+        });
+    }
     let web_link = match &config.web {
         Some(w) => {
             let web_listener = tokio::net::TcpListener::bind(w.listen)
@@ -194,13 +290,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 tickets: tickets.clone(),
                 sessions: SessionStore::new(),
                 launch: launch.clone(),
+                ops: ops.clone(),
+                shutdown: shutdown.clone(),
+                max_sessions_per_user: config.limits.max_sessions_per_user,
                 session_ttl: w.session_ttl,
                 ticket_ttl: w.ticket_ttl,
             });
-            web_task = Some(tokio::spawn(hermes_ssh_gateway::web::serve(
+            tasks.push(tokio::spawn(hermes_ssh_gateway::web::serve(
                 web_listener,
                 web_ctx,
-                shutdown.clone(),
+                shutdown.draining.clone(),
             )));
             Some(WebLink {
                 tickets: tickets.clone(),
@@ -210,8 +309,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let ctx = SshContext {
-        registry,
-        launch,
+        registry: registry.clone(),
+        launch: launch.clone(),
+        ops: ops.clone(),
+        limits: SessionLimits {
+            max_sessions_per_user: config.limits.max_sessions_per_user,
+            idle_timeout: config.limits.idle_timeout,
+        },
+        shutdown: shutdown.clone(),
+        recording_dir: config.recording.as_ref().map(|r| r.dir.clone()),
+        bans: bans.clone(),
         accept_env: config.session.accept_env.clone(),
         exec_policy: config.session.exec,
         enrollments,
@@ -222,18 +329,74 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         web_link,
     };
     let server = SshServer::new(host_key, ctx, &settings);
+    let conn_limits = ConnectionLimits {
+        max_connections: config.limits.max_connections,
+        login_grace: config.limits.login_grace,
+        bans,
+    };
 
-    let signal_token = shutdown.clone();
+    let drain_timeout = config.limits.drain_timeout;
+    let kill_grace = config.session.kill_grace;
+    let stages = shutdown.clone();
+    let sessions = ops.sessions.clone();
+    let reload_launch = launch.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down");
-        signal_token.cancel();
+        signals(&config_path, &registry, &reload_launch).await;
+        tracing::info!(sessions = sessions.len(), drain = ?drain_timeout, "shutting down: no new connections; telling sessions");
+        stages.draining.cancel();
+        let deadline = tokio::time::Instant::now() + drain_timeout;
+        while !sessions.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::info!(sessions = sessions.len(), "ending remaining sessions");
+        stages.terminate.cancel();
     });
-    server.serve(listener, shutdown).await;
-    if let Some(t) = web_task {
+    server.serve(listener, conn_limits, shutdown.clone()).await;
+    // Connections are gone; wait for their programs to be ended (SIGHUP, then SIGKILL).
+    let deadline = tokio::time::Instant::now() + kill_grace + Duration::from_secs(3);
+    while !ops.sessions.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.terminate.cancel();
+    for t in tasks {
         t.await??;
     }
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT; on SIGHUP reloads the key files and the `[session]` section
+/// (a bad new config is reported and the running one stays).
+async fn signals(
+    config_path: &std::path::Path,
+    registry: &KeyRegistry,
+    launch: &ArcSwap<LaunchSpec>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                registry.reload();
+                match Config::load(config_path) {
+                    Ok(new) => {
+                        launch.store(Arc::new(LaunchSpec::from_config(&new.session)));
+                        tracing::info!("configuration reloaded ([session] and key files; other sections apply at the next restart)");
+                    }
+                    Err(e) => tracing::error!("configuration reload failed, keeping the running configuration: {e}"),
+                }
+            }
+        }
+    }
 }
 
 /// Tells the operator at start, not at the first login, that the program is not installed.
@@ -248,20 +411,5 @@ fn warn_if_program_missing(launch: &LaunchSpec) {
     let probe = hermes_ssh_gateway::identity::Identity::from_mapped_key(user, String::new());
     if let Err(e) = launch.prepare(&probe, &SessionEnv::default(), &[]) {
         tracing::warn!("[session] command cannot be started: {e}; users will see an explanation screen until it is installed");
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
     }
 }

@@ -110,3 +110,104 @@ mod tests {
         assert_eq!(l.in_use(), 3);
     }
 }
+
+/// Per-address failed logins and temporary bans.
+///
+/// A "failure" is a connection that tried to authenticate and ended without succeeding; after
+/// `max_failures` of them within `ban` the address is banned for `ban`, and a banned address is
+/// refused at accept, before any key exchange (no expensive work for it).
+#[derive(Debug)]
+pub struct BanList {
+    max_failures: u32,
+    ban: std::time::Duration,
+    entries: dashmap::DashMap<IpAddr, BanEntry>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BanEntry {
+    failures: u32,
+    window_start: std::time::Instant,
+    banned_until: Option<std::time::Instant>,
+}
+
+impl BanList {
+    /// `max_failures == 0` disables banning.
+    pub fn new(max_failures: u32, ban: std::time::Duration) -> BanList {
+        BanList {
+            max_failures,
+            ban,
+            entries: dashmap::DashMap::new(),
+        }
+    }
+
+    /// Whether `ip` is banned now.
+    pub fn is_banned(&self, ip: IpAddr) -> bool {
+        let now = std::time::Instant::now();
+        match self.entries.get(&ip).and_then(|e| e.banned_until) {
+            Some(until) if until > now => true,
+            Some(_) => {
+                self.entries.remove(&ip);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Counts a failure; returns true when it bans the address now.
+    pub fn failure(&self, ip: IpAddr) -> bool {
+        if self.max_failures == 0 {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        let mut e = self.entries.entry(ip).or_insert(BanEntry {
+            failures: 0,
+            window_start: now,
+            banned_until: None,
+        });
+        if now.duration_since(e.window_start) > self.ban {
+            e.failures = 0;
+            e.window_start = now;
+        }
+        e.failures += 1;
+        if e.failures >= self.max_failures && e.banned_until.is_none() {
+            e.banned_until = Some(now + self.ban);
+            return true;
+        }
+        false
+    }
+
+    /// A success clears the address's failures.
+    pub fn success(&self, ip: IpAddr) {
+        self.entries.remove_if(&ip, |_, e| e.banned_until.is_none());
+    }
+
+    /// Forgets entries whose window and ban are over.
+    pub fn sweep(&self) {
+        let now = std::time::Instant::now();
+        self.entries.retain(|_, e| {
+            e.banned_until.is_some_and(|u| u > now)
+                || now.duration_since(e.window_start) <= self.ban
+        });
+    }
+}
+
+#[cfg(test)]
+mod ban_tests {
+    use super::*;
+
+    #[test]
+    fn bans_after_n_failures_and_success_resets() {
+        let b = BanList::new(3, std::time::Duration::from_secs(60));
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        assert!(!b.failure(ip));
+        b.success(ip);
+        assert!(!b.failure(ip));
+        assert!(!b.failure(ip));
+        assert!(!b.is_banned(ip));
+        assert!(b.failure(ip));
+        assert!(b.is_banned(ip));
+        b.success(ip);
+        assert!(b.is_banned(ip), "a success does not lift a ban");
+        assert!(!BanList::new(0, std::time::Duration::from_secs(1)).failure(ip));
+    }
+}

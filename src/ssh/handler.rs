@@ -10,14 +10,19 @@ use russh::{Channel, ChannelId, Pty};
 use tracing::Span;
 
 use super::auth::{fp, Authenticator, Decision, KbdDecision};
+use super::server::AuthProgress;
 use super::session::{Channels, PtyParams, Request};
 use super::SshContext;
 use crate::launcher::{ControlChar, ModeFlag, TermSize, TerminalModes};
+use crate::ops::Event;
 
 /// One connection's handler.
 pub struct ConnectionHandler {
     auth: Authenticator,
     channels: Channels,
+    ctx: Arc<SshContext>,
+    remote: String,
+    progress: Arc<AuthProgress>,
     /// The user id once authenticated by key (for log lines).
     user: Option<String>,
     span: Span,
@@ -28,16 +33,20 @@ impl ConnectionHandler {
     pub fn new(
         ctx: Arc<SshContext>,
         remote: Option<std::net::IpAddr>,
+        progress: Arc<AuthProgress>,
         span: Span,
     ) -> ConnectionHandler {
         ConnectionHandler {
+            remote: remote.map(|r| r.to_string()).unwrap_or_default(),
+            progress,
             auth: Authenticator::new(
                 ctx.registry.clone(),
                 ctx.enrollments.clone(),
                 ctx.limiter.clone(),
                 remote,
             ),
-            channels: Channels::new(ctx, span.clone()),
+            channels: Channels::new(ctx.clone(), remote, span.clone()),
+            ctx,
             user: None,
             span,
         }
@@ -49,6 +58,29 @@ impl ConnectionHandler {
 
     fn refuse(&self, what: &str) {
         tracing::warn!(parent: &self.span, user = self.user(), "refused: {what}");
+        self.ctx.ops.emit(Event::Refused {
+            user: self.user.clone(),
+            remote: self.remote.clone(),
+            what: what.to_owned(),
+        });
+    }
+
+    fn audit_auth(
+        &self,
+        user: Option<String>,
+        method: &str,
+        key: Option<String>,
+        ok: bool,
+        reason: &str,
+    ) {
+        self.ctx.ops.emit(Event::Auth {
+            user,
+            method: method.into(),
+            key,
+            remote: self.remote.clone(),
+            ok,
+            reason: reason.into(),
+        });
     }
 
     fn reply(session: &mut Session, channel: ChannelId, ok: bool) -> Result<(), russh::Error> {
@@ -75,10 +107,12 @@ impl russh::server::Handler for ConnectionHandler {
         _user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
+        self.progress.attempt();
         match self.auth.offered(offer.public_key).await {
             Ok(()) => Ok(Auth::Accept),
             Err(reason) => {
                 tracing::info!(parent: &self.span, key = %fp(offer.public_key), reason, "publickey refused");
+                self.audit_auth(None, "publickey", Some(fp(offer.public_key)), false, reason);
                 Ok(reject())
             }
         }
@@ -95,10 +129,18 @@ impl russh::server::Handler for ConnectionHandler {
                 self.span.record("user", id.user_id.as_str());
                 self.user = Some(id.user_id.to_string());
                 tracing::info!(parent: &self.span, user = %id.user_id, method = %id.method, key = %fp(pk), "authenticated");
+                self.audit_auth(
+                    Some(id.user_id.to_string()),
+                    id.method.as_str(),
+                    Some(fp(pk)),
+                    true,
+                    "",
+                );
                 Ok(Auth::Accept)
             }
             Decision::Reject(reason) => {
                 tracing::info!(parent: &self.span, key = %fp(pk), reason, "publickey refused");
+                self.audit_auth(None, "publickey", Some(fp(pk)), false, reason);
                 Ok(reject())
             }
         }
@@ -110,6 +152,7 @@ impl russh::server::Handler for ConnectionHandler {
         _submethods: &str,
         response: Option<russh::server::Response<'a>>,
     ) -> Result<Auth, Self::Error> {
+        self.progress.attempt();
         match self.auth.keyboard_interactive(response.is_some()) {
             KbdDecision::Prompt => Ok(Auth::Partial {
                 name: "".into(),
@@ -126,12 +169,17 @@ impl russh::server::Handler for ConnectionHandler {
             }
             KbdDecision::Reject(reason) => {
                 tracing::warn!(parent: &self.span, reason, "keyboard-interactive refused");
+                self.audit_auth(None, "keyboard-interactive", None, false, &reason);
                 Ok(reject())
             }
         }
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        self.progress.succeed();
+        if let Ok(ip) = self.remote.parse() {
+            self.ctx.bans.success(ip);
+        }
         if let Some(p) = self.auth.take_principal() {
             let handle = session.handle();
             self.channels.set_principal(p, move || {

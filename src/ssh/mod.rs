@@ -19,15 +19,36 @@ use crate::identity::store::EnrollmentStore;
 use crate::identity::tickets::TicketStore;
 use crate::identity::KeyRegistry;
 use crate::launcher::LaunchSpec;
+use crate::ops::{Ops, Shutdown};
+use arc_swap::ArcSwap;
 
-pub use server::{SshServer, SshSettings};
+pub use server::{ConnectionLimits, SshServer, SshSettings};
+
+/// Session limits the SSH front enforces.
+#[derive(Debug, Clone, Default)]
+pub struct SessionLimits {
+    /// Most sessions per user (0: no limit).
+    pub max_sessions_per_user: usize,
+    /// End sessions without input for this long (zero: never).
+    pub idle_timeout: Duration,
+}
 
 /// What every connection shares.
 pub struct SshContext {
     /// Mapped keys.
     pub registry: Arc<KeyRegistry>,
-    /// What to run.
-    pub launch: Arc<LaunchSpec>,
+    /// What to run (swapped whole on a config reload).
+    pub launch: Arc<ArcSwap<LaunchSpec>>,
+    /// Audit, metrics, live sessions.
+    pub ops: Arc<Ops>,
+    /// Session limits.
+    pub limits: SessionLimits,
+    /// Graceful shutdown stages.
+    pub shutdown: Shutdown,
+    /// Where session recordings go (none: off).
+    pub recording_dir: Option<std::path::PathBuf>,
+    /// Per-address failures and bans (shared with the listener).
+    pub bans: Arc<crate::identity::limits::BanList>,
     /// Variables a client may set.
     pub accept_env: Vec<EnvPattern>,
     /// What non-built-in exec commands do.

@@ -7,9 +7,14 @@ use std::time::Duration;
 use russh::keys::PrivateKey;
 use russh::server::Config as RusshConfig;
 use russh::MethodKind;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
+
+use crate::identity::limits::BanList;
+use crate::ops::{Event, Shutdown};
 use tracing::Instrument;
 
 use super::handler::ConnectionHandler;
@@ -60,13 +65,15 @@ impl SshServer {
         }
     }
 
-    /// Accepts connections on `listener` until `shutdown` is cancelled, then disconnects every
-    /// client and returns once their tasks are gone.
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+    /// Accepts connections on `listener` until `shutdown.draining`; after `shutdown.terminate`
+    /// every client is disconnected, and this returns once their tasks are gone.
+    pub async fn serve(self, listener: TcpListener, limits: ConnectionLimits, shutdown: Shutdown) {
         let tracker = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        let bans = limits.bans.clone();
         loop {
             let (socket, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.draining.cancelled() => break,
                 r = listener.accept() => match r {
                     Ok(x) => x,
                     Err(e) => {
@@ -77,41 +84,118 @@ impl SshServer {
                     }
                 },
             };
+            // Refusals before any SSH work: a banned or excess client costs an accept and a close.
+            if bans.is_banned(peer.ip()) {
+                tracing::debug!(%peer, "refused: address is banned");
+                self.ctx.ops.emit(Event::ConnectionRefused {
+                    remote: peer.ip().to_string(),
+                    reason: "banned".into(),
+                });
+                continue;
+            }
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, limit = limits.max_connections, "refused: too many connections");
+                self.ctx.ops.emit(Event::ConnectionRefused {
+                    remote: peer.ip().to_string(),
+                    reason: "max_connections".into(),
+                });
+                continue;
+            };
             let span = tracing::info_span!("conn", peer = %peer, user = tracing::field::Empty);
             let config = self.config.clone();
             let ctx = self.ctx.clone();
-            let shutdown = shutdown.clone();
+            let terminate = shutdown.terminate.clone();
+            let bans = bans.clone();
+            let login_grace = limits.login_grace;
             tracker.spawn(
                 async move {
+                    let _slot = slot;
                     let _ = socket.set_nodelay(true);
-                    let handler = ConnectionHandler::new(ctx, Some(peer.ip()), tracing::Span::current());
+                    let progress = Arc::new(AuthProgress::default());
+                    let handler = ConnectionHandler::new(ctx.clone(), Some(peer.ip()), progress.clone(), tracing::Span::current());
+                    ctx.ops.emit(Event::Connection { opened: true });
                     tracing::debug!("connected");
-                    let session = match russh::server::run_stream(config, socket, handler).await {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "handshake failed");
-                            return;
-                        }
-                    };
-                    let handle = session.handle();
-                    tokio::select! {
-                        r = session => {
-                            if let Err(e) = r {
-                                tracing::debug!(error = %e, "connection ended with an error");
+                    if let Ok(session) = russh::server::run_stream(config, socket, handler).await {
+                        let handle = session.handle();
+                        let grace = tokio::time::sleep(login_grace);
+                        tokio::pin!(grace);
+                        let mut session = std::pin::pin!(session);
+                        let mut grace_armed = true;
+                        let reason = loop {
+                            tokio::select! {
+                                r = &mut session => {
+                                    if let Err(e) = r {
+                                        tracing::debug!(error = %e, "connection ended with an error");
+                                    }
+                                    break None;
+                                }
+                                _ = &mut grace, if grace_armed => {
+                                    grace_armed = false;
+                                    // Checked when the timer fires, not when the wait began.
+                                    if !progress.authenticated() {
+                                        tracing::info!("login grace time over; disconnecting");
+                                        break Some("login grace time exceeded");
+                                    }
+                                }
+                                _ = terminate.cancelled() => break Some("the gateway is shutting down"),
                             }
-                        }
-                        _ = shutdown.cancelled() => {
+                        };
+                        if let Some(reason) = reason {
                             let _ = handle
-                                .disconnect(russh::Disconnect::ByApplication, "the gateway is shutting down".into(), "en".into())
+                                .disconnect(russh::Disconnect::ByApplication, reason.into(), "en".into())
                                 .await;
                         }
+                    } else {
+                        tracing::debug!("handshake failed");
                     }
+                    if !progress.authenticated() && progress.attempted() && bans.failure(peer.ip()) {
+                        tracing::warn!(ip = %peer.ip(), "address banned after repeated failed logins");
+                    }
+                    ctx.ops.emit(Event::Connection { opened: false });
                     tracing::debug!("disconnected");
                 }
                 .instrument(span),
             );
         }
+        tracing::info!("stopped accepting SSH connections");
         tracker.close();
         tracker.wait().await;
+    }
+}
+
+/// Limits applied before and around authentication.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Most concurrent connections.
+    pub max_connections: usize,
+    /// Unauthenticated connections are closed after this.
+    pub login_grace: Duration,
+    /// Per-address failures and bans.
+    pub bans: Arc<BanList>,
+}
+
+/// What a connection's authentication has reached, shared with its listener task.
+#[derive(Debug, Default)]
+pub struct AuthProgress {
+    attempted: AtomicBool,
+    authenticated: AtomicBool,
+}
+
+impl AuthProgress {
+    /// The client tried a credential.
+    pub fn attempt(&self) {
+        self.attempted.store(true, Ordering::Relaxed);
+    }
+    /// The connection is authenticated (or admitted to sign in).
+    pub fn succeed(&self) {
+        self.authenticated.store(true, Ordering::Relaxed);
+    }
+    /// Whether it is.
+    pub fn authenticated(&self) -> bool {
+        self.authenticated.load(Ordering::Relaxed)
+    }
+    /// Whether a credential was tried.
+    pub fn attempted(&self) -> bool {
+        self.attempted.load(Ordering::Relaxed)
     }
 }

@@ -23,6 +23,9 @@ use crate::identity::store::Enrollment;
 use crate::identity::tickets::Purpose;
 use crate::identity::{AuthMethod, Identity, Pending};
 use crate::launcher::{self, process::Resizer, LaunchError, SessionEnv, TermSize, TerminalModes};
+use crate::ops::recording::Recorder;
+use crate::ops::sessions::NewSession;
+use crate::ops::{Event, LiveSession};
 use secrecy::ExposeSecret;
 
 /// Input chunks queued between the channel and the program before the client is slowed down.
@@ -52,6 +55,7 @@ pub struct PtyParams {
 struct ResizeSlot {
     size: Option<TermSize>,
     resizer: Option<Resizer>,
+    recorder: Option<Recorder>,
 }
 
 type SharedResize = Arc<Mutex<ResizeSlot>>;
@@ -96,16 +100,18 @@ pub struct Channels {
     ctx: Arc<SshContext>,
     slots: HashMap<ChannelId, Slot>,
     state: SharedState,
+    remote: Option<std::net::IpAddr>,
     span: Span,
 }
 
 impl Channels {
     /// No channels yet; `span` is the connection's.
-    pub fn new(ctx: Arc<SshContext>, span: Span) -> Channels {
+    pub fn new(ctx: Arc<SshContext>, remote: Option<std::net::IpAddr>, span: Span) -> Channels {
         Channels {
             ctx,
             slots: HashMap::new(),
             state: SharedState::default(),
+            remote,
             span,
         }
     }
@@ -214,6 +220,10 @@ impl Channels {
             return false;
         };
         r.size = Some(size);
+        if let Some(rec) = r.recorder.clone() {
+            // Recording is best effort and must not block the connection's handler.
+            tokio::spawn(async move { rec.resize(size.cols, size.rows).await });
+        }
         match &r.resizer {
             Some(resizer) => resizer.resize(size).is_ok(),
             None => true,
@@ -226,9 +236,14 @@ impl Channels {
         let Some(slot) = self.slots.get_mut(&id) else {
             return false;
         };
-        let launch = &self.ctx.launch;
+        let launch = self.ctx.launch.load();
         if launch.is_reserved(name) {
             tracing::warn!(parent: &self.span, user, variable = name, "refused client env: reserved variable (identity or gateway-set)");
+            self.ctx.ops.emit(Event::Refused {
+                user: Some(user.to_owned()).filter(|u| u != "-"),
+                remote: self.remote.map(|r| r.to_string()).unwrap_or_default(),
+                what: format!("env {name}"),
+            });
             return false;
         }
         let accepted = self.ctx.accept_env.iter().any(|p| p.matches(name));
@@ -285,6 +300,7 @@ impl Channels {
             env: std::mem::take(&mut slot.env),
             resize: slot.resize.clone(),
             state: self.state.clone(),
+            remote: self.remote,
         };
         tokio::spawn(job.run(start).instrument(self.span.clone()));
         true
@@ -344,6 +360,7 @@ struct Job {
     env: Vec<(String, String)>,
     resize: SharedResize,
     state: SharedState,
+    remote: Option<std::net::IpAddr>,
 }
 
 impl Job {
@@ -392,6 +409,10 @@ impl Job {
             AuthMethod::EnrolledKey => match self.ctx.enrollments.remove(&fp).await {
                 Ok(_) => {
                     tracing::info!(user = %identity.user_id, key = %fp, "logout: key enrollment removed");
+                    self.ctx.ops.emit(Event::Logout {
+                        user: identity.user_id.to_string(),
+                        key: fp.clone(),
+                    });
                     self.print(format!(
                         "Signed out: key {fp} is no longer linked to {}. The next connection signs in again.\n",
                         identity.user_id
@@ -429,6 +450,11 @@ impl Job {
         {
             Ok(t) => {
                 tracing::info!(user = %identity.user_id, "web login link minted");
+                self.ctx.ops.emit(Event::Ticket {
+                    op: "mint",
+                    purpose: Purpose::WebLogin.as_str(),
+                    ok: true,
+                });
                 self.print(format!(
                     "{}/auth/ticket?t={}\n",
                     web.public_url,
@@ -464,7 +490,21 @@ impl Job {
             closed: &self.closed,
             size,
         };
+        self.ctx.ops.emit(Event::DeviceFlow { started: true });
         let result = super::signin::run(io, &oidc).await;
+        self.ctx.ops.emit(Event::DeviceFlow { started: false });
+        self.ctx.ops.emit(Event::Auth {
+            user: result.as_ref().ok().map(|i| i.user_id.to_string()),
+            method: "device-flow".into(),
+            key: pending.proven_key.as_ref().map(|k| k.fingerprint.clone()),
+            remote: self.ctx_remote(),
+            ok: result.is_ok(),
+            reason: result
+                .as_ref()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+        });
         let mut identity = match result {
             Ok(id) => id,
             Err(e) => {
@@ -513,23 +553,48 @@ impl Job {
 
     async fn run_program(mut self, identity: Identity, extra_args: Vec<String>) {
         let user = identity.user_id.to_string();
+        let launch = self.ctx.launch.load_full();
+        let command = launch.command.join(" ");
+        let guard = match self.ctx.ops.sessions.register(
+            NewSession {
+                user: user.clone(),
+                method: identity.method.as_str().into(),
+                front: "ssh",
+                remote: self.ctx_remote(),
+                command: command.clone(),
+            },
+            self.ctx.limits.max_sessions_per_user,
+        ) {
+            Ok(g) => g,
+            Err(e) => {
+                self.ctx.ops.emit(Event::Refused {
+                    user: Some(user.clone()),
+                    remote: self.ctx_remote(),
+                    what: e.to_string(),
+                });
+                tracing::warn!(user, "refused: {e}");
+                return self.refuse(&format!("hermes-ssh-gateway: {e}")).await;
+            }
+        };
+        let live = guard.session.clone();
         let session_env = SessionEnv {
             term: self.pty.as_ref().map(|p| p.term.clone()),
             client: std::mem::take(&mut self.env),
         };
-        let launch = self.ctx.launch.clone();
         let id = identity.clone();
+        let spec = launch.clone();
         let prepared =
-            tokio::task::spawn_blocking(move || launch.prepare(&id, &session_env, &extra_args))
+            tokio::task::spawn_blocking(move || spec.prepare(&id, &session_env, &extra_args))
                 .await
                 .unwrap_or_else(|e| Err(LaunchError::Other(e.to_string())));
+        let size = self
+            .pty
+            .as_ref()
+            .map(|pty| current_size(&self.resize).unwrap_or(pty.size));
         let spawned = match prepared {
-            Ok(p) => match &self.pty {
-                Some(pty) => {
-                    let size = current_size(&self.resize).unwrap_or(pty.size);
-                    launcher::spawn_pty(p, size, pty.modes.clone()).await
-                }
-                None => launcher::spawn_pipes(p),
+            Ok(p) => match (&self.pty, size) {
+                (Some(pty), Some(size)) => launcher::spawn_pty(p, size, pty.modes.clone()).await,
+                _ => launcher::spawn_pipes(p),
             },
             Err(e) => Err(e),
         };
@@ -540,9 +605,31 @@ impl Job {
         tracing::info!(
             user,
             pid = process.pid(),
+            session_id = live.id,
             pty = self.pty.is_some(),
             "program started"
         );
+        self.ctx.ops.emit(Event::SessionStart {
+            id: live.id,
+            user: user.clone(),
+            front: "ssh",
+            command: command.clone(),
+            pty: size.map(|s| (s.cols, s.rows)),
+            remote: self.ctx_remote(),
+        });
+        let started = std::time::Instant::now();
+        let recorder = match (&self.ctx.recording_dir, &self.pty, size) {
+            (Some(dir), Some(pty), Some(size)) => {
+                match Recorder::start(dir, &user, live.id, size.cols, size.rows, &pty.term).await {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the session recording; the session goes on");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
 
         if let Some(resizer) = process.resizer() {
             if let Ok(mut slot) = self.resize.lock() {
@@ -551,46 +638,125 @@ impl Job {
                     let _ = resizer.resize(size);
                 }
                 slot.resizer = Some(resizer);
+                slot.recorder = recorder.clone();
             }
         }
 
         let Some(io) = process.take_io() else {
             return finish(&self.writer, 255).await;
         };
-        let out = tokio::spawn(pump_out(io.output, self.writer.make_writer()));
-        let err = io
-            .stderr
-            .map(|e| tokio::spawn(pump_out(e, self.writer.make_writer_ext(Some(1)))));
-        let pump_in = tokio::spawn(pump_in(self.input, io.input));
+        let out = tokio::spawn(pump_out(
+            io.output,
+            self.writer.make_writer(),
+            live.clone(),
+            recorder,
+        ));
+        let err = io.stderr.map(|e| {
+            tokio::spawn(pump_out(
+                e,
+                self.writer.make_writer_ext(Some(1)),
+                live.clone(),
+                None,
+            ))
+        });
+        let input = std::mem::replace(&mut self.input, mpsc::channel(1).1);
+        let pump_in = tokio::spawn(pump_in(input, io.input, live.clone()));
 
-        let status = tokio::select! {
-            s = process.exited() => Some(s),
-            _ = self.closed.cancelled() => None,
+        let idle = self.ctx.limits.idle_timeout;
+        let warn_before = (idle / 4).min(Duration::from_secs(60));
+        let mut idle_tick = tokio::time::interval(
+            Duration::from_millis(250).min(idle.max(Duration::from_millis(50)) / 2),
+        );
+        idle_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut warned_idle = false;
+        let mut warned_drain = false;
+        let shutdown = self.ctx.shutdown.clone();
+        let ending = loop {
+            tokio::select! {
+                s = process.exited() => break Ending::Exited(s),
+                _ = self.closed.cancelled() => break Ending::ClientLeft,
+                _ = live.end.cancelled() => break Ending::Ended("ended by the operator".into()),
+                _ = shutdown.terminate.cancelled() => break Ending::Ended("the gateway shut down".into()),
+                _ = shutdown.draining.cancelled(), if !warned_drain => {
+                    warned_drain = true;
+                    self.notice("the gateway is going down; your session will end shortly").await;
+                }
+                _ = idle_tick.tick(), if !idle.is_zero() => {
+                    let idle_for = Duration::from_millis(live.idle_ms());
+                    if idle_for >= idle {
+                        break Ending::Ended(format!("no input for {}", humantime::format_duration(idle)));
+                    }
+                    if idle_for + warn_before >= idle && !warned_idle {
+                        warned_idle = true;
+                        self.notice(&format!(
+                            "no input for a while: this session ends in {} unless you type",
+                            humantime::format_duration(idle - idle_for)
+                        ))
+                        .await;
+                    } else if idle_for + warn_before < idle {
+                        warned_idle = false;
+                    }
+                }
+            }
         };
         pump_in.abort();
-        let Some(status) = status else {
-            tracing::info!(user, "client closed the session; ending the program");
-            // Dropping the process hangs up its whole group (SIGHUP, then SIGKILL).
-            drop(process);
-            out.abort();
-            return;
-        };
-        // The program is gone; give its last output a moment to flush, then hang up anything it
-        // left behind so nothing outlives the session.
-        let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, out).await;
-        if let Some(err) = err {
-            let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, err).await;
-        }
         let group = process.group();
+        let exit_status = match ending {
+            Ending::Exited(status) => {
+                // The program is gone; give its last output a moment to flush, then hang up
+                // anything it left behind so nothing outlives the session.
+                let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, out).await;
+                if let Some(err) = err {
+                    let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, err).await;
+                }
+                group.terminate().await;
+                tracing::info!(
+                    user,
+                    code = status.exit_code(),
+                    signal = status.signal_name(),
+                    "program exited"
+                );
+                Some(status.exit_code())
+            }
+            Ending::ClientLeft => {
+                tracing::info!(user, "client closed the session; ending the program");
+                group.terminate().await;
+                out.abort();
+                None
+            }
+            Ending::Ended(reason) => {
+                tracing::info!(user, reason, "session ended");
+                group.terminate().await;
+                let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, out).await;
+                self.notice(&format!("session ended: {reason}")).await;
+                Some(1)
+            }
+        };
         drop(process);
-        tokio::spawn(async move { group.terminate().await });
-        tracing::info!(
+        self.ctx.ops.emit(Event::SessionEnd {
+            id: live.id,
             user,
-            code = status.exit_code(),
-            signal = status.signal_name(),
-            "program exited"
-        );
-        finish(&self.writer, status.exit_code()).await;
+            duration: started.elapsed(),
+            bytes_in: live.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
+            bytes_out: live.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
+            exit_status,
+        });
+        drop(guard);
+        if let Some(code) = exit_status {
+            finish(&self.writer, code).await;
+        }
+    }
+
+    /// One line from the gateway itself, on the user's terminal.
+    async fn notice(&self, text: &str) {
+        let _ = self
+            .writer
+            .data_bytes(Bytes::from(format!("\r\n[hermes-ssh-gateway] {text}\r\n")))
+            .await;
+    }
+
+    fn ctx_remote(&self) -> String {
+        self.remote.map(|r| r.to_string()).unwrap_or_default()
     }
 
     /// The program could not start: tell the user clearly instead of disconnecting.
@@ -601,7 +767,7 @@ impl Job {
             LaunchError::NotExecutable { .. } => 126,
             _ => 1,
         };
-        let command = self.ctx.launch.command.join(" ");
+        let command = self.ctx.launch.load().command.join(" ");
         match &self.pty {
             Some(pty) => {
                 let size = current_size(&self.resize).unwrap_or(pty.size);
@@ -646,33 +812,50 @@ async fn finish(writer: &ChannelWriteHalf<Msg>, code: u32) {
 async fn pump_out(
     mut from: Box<dyn AsyncRead + Send + Unpin>,
     mut to: impl AsyncWrite + Unpin,
-) -> u64 {
+    live: Arc<LiveSession>,
+    mut recorder: Option<Recorder>,
+) {
     let mut buf = vec![0u8; OUTPUT_CHUNK];
-    let mut total = 0u64;
     loop {
         match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                if let Some(r) = &recorder {
+                    if !r.output(&buf[..n]).await {
+                        recorder = None;
+                    }
+                }
                 if to.write_all(&buf[..n]).await.is_err() {
                     break;
                 }
-                total += n as u64;
+                live.output(n);
             }
         }
     }
     let _ = to.flush().await;
-    total
 }
 
 /// Channel input → program.
-async fn pump_in(mut from: mpsc::Receiver<Bytes>, mut to: Box<dyn AsyncWrite + Send + Unpin>) {
+async fn pump_in(
+    mut from: mpsc::Receiver<Bytes>,
+    mut to: Box<dyn AsyncWrite + Send + Unpin>,
+    live: Arc<LiveSession>,
+) {
     while let Some(chunk) = from.recv().await {
+        live.input(chunk.len());
         if to.write_all(&chunk).await.is_err() {
             return;
         }
     }
     // Client EOF: close the program's stdin (for a PTY this drops our writer handle only).
     let _ = to.shutdown().await;
+}
+
+/// Why a session's program is being ended.
+enum Ending {
+    Exited(launcher::ExitStatus),
+    ClientLeft,
+    Ended(String),
 }
 
 #[cfg(test)]

@@ -224,6 +224,14 @@ pub async fn callback(
     {
         Ok(identity) => {
             tracing::info!(user = %identity.user_id, method = %identity.method, provider = %identity.provider, "browser signed in");
+            ctx.ops.emit(crate::ops::Event::Auth {
+                user: Some(identity.user_id.to_string()),
+                method: "web".into(),
+                key: None,
+                remote: String::new(),
+                ok: true,
+                reason: String::new(),
+            });
             let token = ctx.sessions.create(identity, ctx.session_ttl);
             (
                 [(
@@ -324,7 +332,13 @@ pub async fn ticket_login(
     Query(q): Query<TicketQuery>,
 ) -> Response {
     let token = q.t.unwrap_or_default();
-    match ctx.tickets.consume(&token, Purpose::WebLogin).await {
+    let consumed = ctx.tickets.consume(&token, Purpose::WebLogin).await;
+    ctx.ops.emit(crate::ops::Event::Ticket {
+        op: "consume",
+        purpose: Purpose::WebLogin.as_str(),
+        ok: consumed.is_ok(),
+    });
+    match consumed {
         Ok(identity) => {
             tracing::info!(user = %identity.user_id, method = %identity.method, "browser signed in with an ssh link");
             let session = ctx.sessions.create(identity, ctx.session_ttl);

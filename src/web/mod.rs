@@ -34,8 +34,14 @@ pub struct WebContext {
     pub tickets: Arc<dyn TicketStore>,
     /// Browser sessions.
     pub sessions: Arc<SessionStore>,
-    /// What to run.
-    pub launch: Arc<LaunchSpec>,
+    /// What to run (swapped whole on a config reload).
+    pub launch: Arc<arc_swap::ArcSwap<LaunchSpec>>,
+    /// Audit, metrics, live sessions.
+    pub ops: Arc<crate::ops::Ops>,
+    /// Graceful shutdown stages.
+    pub shutdown: crate::ops::Shutdown,
+    /// Most sessions per user (0: no limit).
+    pub max_sessions_per_user: usize,
     /// How long a browser session lasts.
     pub session_ttl: Duration,
     /// Lifetime of a WebSocket ticket.
@@ -73,10 +79,24 @@ pub fn router(ctx: Arc<WebContext>) -> Router {
         .route("/api/auth/me", get(auth::me))
         .route("/api/auth/ws-ticket", post(auth::ws_ticket))
         .route("/api/pty", get(pty::pty))
+        .route("/metrics", get(metrics))
         .with_state(ctx)
 }
 
-/// Serves on an already-bound listener until `shutdown`.
+/// `GET /metrics`: the same Prometheus text as the metrics listener.
+async fn metrics(axum::extract::State(ctx): axum::extract::State<Arc<WebContext>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        ctx.ops.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Serves on an already-bound listener until `shutdown` (stop accepting; open WebSockets end
+/// with the sessions' own shutdown).
 pub async fn serve(
     listener: TcpListener,
     ctx: Arc<WebContext>,

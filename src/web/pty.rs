@@ -16,6 +16,8 @@ use super::WebContext;
 use crate::identity::tickets::Purpose;
 use crate::identity::Identity;
 use crate::launcher::{self, SessionEnv, TermSize, TerminalModes};
+use crate::ops::sessions::{NewSession, SessionGuard};
+use crate::ops::Event;
 
 /// Query of `/api/pty`. Only the ticket carries identity; the size is cosmetic.
 #[derive(Deserialize)]
@@ -47,7 +49,13 @@ pub async fn pty(
         return (StatusCode::FORBIDDEN, "forbidden origin\n").into_response();
     }
     let token = q.ticket.unwrap_or_default();
-    let identity = match ctx.tickets.consume(&token, Purpose::Pty).await {
+    let consumed = ctx.tickets.consume(&token, Purpose::Pty).await;
+    ctx.ops.emit(Event::Ticket {
+        op: "consume",
+        purpose: Purpose::Pty.as_str(),
+        ok: consumed.is_ok(),
+    });
+    let identity = match consumed {
         Ok(id) => id,
         Err(reason) => {
             tracing::warn!(%reason, "refused: pty ticket");
@@ -55,20 +63,55 @@ pub async fn pty(
         }
     };
     let size = TermSize::clamped(q.cols.unwrap_or(80), q.rows.unwrap_or(24), 0, 0);
+    let launch = ctx.launch.load_full();
+    let remote = headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let guard = match ctx.ops.sessions.register(
+        NewSession {
+            user: identity.user_id.to_string(),
+            method: identity.method.as_str().into(),
+            front: "web",
+            remote,
+            command: launch.command.join(" "),
+        },
+        ctx.max_sessions_per_user,
+    ) {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::warn!("refused: {e}");
+            ctx.ops.emit(Event::Refused {
+                user: Some(identity.user_id.to_string()),
+                remote: String::new(),
+                what: e.to_string(),
+            });
+            return (StatusCode::TOO_MANY_REQUESTS, format!("{e}\n")).into_response();
+        }
+    };
     let span = tracing::info_span!("web-pty", user = %identity.user_id);
     ws.on_upgrade(move |socket| {
-        tracing::Instrument::instrument(run(ctx, identity, size, socket), span)
+        tracing::Instrument::instrument(run(ctx, identity, size, socket, guard, launch), span)
     })
 }
 
-async fn run(ctx: Arc<WebContext>, identity: Identity, size: TermSize, mut socket: WebSocket) {
-    let launch = ctx.launch.clone();
+async fn run(
+    ctx: Arc<WebContext>,
+    identity: Identity,
+    size: TermSize,
+    mut socket: WebSocket,
+    guard: SessionGuard,
+    launch: Arc<crate::launcher::LaunchSpec>,
+) {
+    let live = guard.session.clone();
     let id = identity.clone();
     let env = SessionEnv {
         term: Some("xterm-256color".into()),
         client: Vec::new(),
     };
-    let prepared = tokio::task::spawn_blocking(move || launch.prepare(&id, &env, &[]))
+    let spec = launch.clone();
+    let prepared = tokio::task::spawn_blocking(move || spec.prepare(&id, &env, &[]))
         .await
         .unwrap_or_else(|e| Err(launcher::LaunchError::Other(e.to_string())));
     let spawned = match prepared {
@@ -88,7 +131,20 @@ async fn run(ctx: Arc<WebContext>, identity: Identity, size: TermSize, mut socke
             return;
         }
     };
-    tracing::info!(pid = process.pid(), "web session started");
+    tracing::info!(
+        pid = process.pid(),
+        session_id = live.id,
+        "web session started"
+    );
+    let started = std::time::Instant::now();
+    ctx.ops.emit(Event::SessionStart {
+        id: live.id,
+        user: identity.user_id.to_string(),
+        front: "web",
+        command: launch.command.join(" "),
+        pty: Some((size.cols, size.rows)),
+        remote: live.remote.clone(),
+    });
     let Some(io) = process.take_io() else {
         return;
     };
@@ -98,6 +154,7 @@ async fn run(ctx: Arc<WebContext>, identity: Identity, size: TermSize, mut socke
     let mut input = io.input;
 
     // Program → browser. `sink.send` waits for the socket, so a slow browser pauses the program.
+    let live_out = live.clone();
     let out = tokio::spawn(async move {
         let mut buf = vec![0u8; 32 * 1024];
         loop {
@@ -111,6 +168,7 @@ async fn run(ctx: Arc<WebContext>, identity: Identity, size: TermSize, mut socke
                     {
                         break;
                     }
+                    live_out.output(n);
                 }
             }
         }
@@ -119,7 +177,10 @@ async fn run(ctx: Arc<WebContext>, identity: Identity, size: TermSize, mut socke
     let browser = async {
         while let Some(Ok(msg)) = stream.next().await {
             let keep = match msg {
-                Message::Binary(b) => input.write_all(&b).await.is_ok(),
+                Message::Binary(b) => {
+                    live.input(b.len());
+                    input.write_all(&b).await.is_ok()
+                }
                 Message::Text(t) => {
                     if let Ok(c) = serde_json::from_str::<Control>(&t) {
                         if let (true, Some(r), Some(cols), Some(rows)) =
@@ -141,19 +202,23 @@ async fn run(ctx: Arc<WebContext>, identity: Identity, size: TermSize, mut socke
     let status = tokio::select! {
         s = process.exited() => Some(s),
         _ = browser => None,
+        _ = live.end.cancelled() => None,
+        _ = ctx.shutdown.terminate.cancelled() => None,
     };
+    let group = process.group();
+    let exit_status = status.map(|s| s.exit_code());
     match status {
         None => {
-            tracing::info!("browser closed the session; ending the program");
+            tracing::info!("web session ending; ending the program");
             out.abort();
-            // Dropping the process hangs up its whole group, as for SSH.
+            // The whole group, as for SSH.
+            group.terminate().await;
             drop(process);
         }
         Some(st) => {
             tracing::info!(code = st.exit_code(), "program exited");
-            let group = process.group();
+            group.terminate().await;
             drop(process);
-            tokio::spawn(async move { group.terminate().await });
             if let Ok(Ok(mut sink)) =
                 tokio::time::timeout(std::time::Duration::from_millis(300), out).await
             {
@@ -166,4 +231,13 @@ async fn run(ctx: Arc<WebContext>, identity: Identity, size: TermSize, mut socke
             }
         }
     }
+    ctx.ops.emit(Event::SessionEnd {
+        id: live.id,
+        user: identity.user_id.to_string(),
+        duration: started.elapsed(),
+        bytes_in: live.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
+        bytes_out: live.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
+        exit_status,
+    });
+    drop(guard);
 }

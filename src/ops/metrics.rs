@@ -1,0 +1,231 @@
+//! Prometheus metrics (text exposition format), derived from events.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use super::Event;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    method: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirLabels {
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TicketLabels {
+    op: String,
+    purpose: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+/// The gateway's metrics.
+pub struct Metrics {
+    registry: Registry,
+    connections: Counter,
+    connections_active: Gauge,
+    connections_refused: Family<ReasonLabels, Counter>,
+    auth: Family<AuthLabels, Counter>,
+    sessions: Counter,
+    sessions_active: Gauge,
+    device_flows: Gauge,
+    bytes: Family<DirLabels, Counter>,
+    tickets: Family<TicketLabels, Counter>,
+    refused: Counter,
+    session_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("hermes_gateway");
+        let m = Metrics {
+            connections: Counter::default(),
+            connections_active: Gauge::default(),
+            connections_refused: Family::default(),
+            auth: Family::default(),
+            sessions: Counter::default(),
+            sessions_active: Gauge::default(),
+            device_flows: Gauge::default(),
+            bytes: Family::default(),
+            tickets: Family::default(),
+            refused: Counter::default(),
+            session_seconds: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "SSH connections accepted",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_active",
+            "SSH connections open now",
+            m.connections_active.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused before the handshake (limit, ban)",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "auth_attempts",
+            "Authentication attempts by method and result",
+            m.auth.clone(),
+        );
+        registry.register("sessions", "Sessions started", m.sessions.clone());
+        registry.register(
+            "sessions_active",
+            "Sessions running now",
+            m.sessions_active.clone(),
+        );
+        registry.register(
+            "device_flows_active",
+            "Device sign-ins in progress",
+            m.device_flows.clone(),
+        );
+        registry.register(
+            "session_bytes",
+            "Bytes through sessions by direction",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "tickets",
+            "Ticket mints and consumes by result",
+            m.tickets.clone(),
+        );
+        registry.register(
+            "requests_refused",
+            "Requests refused (forwarding, env, exec, limits)",
+            m.refused.clone(),
+        );
+        registry.register(
+            "session_duration_seconds",
+            "Session durations",
+            m.session_seconds.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Updates the metrics for an event.
+    pub fn observe(&self, e: &Event) {
+        match e {
+            Event::Connection { opened: true } => {
+                self.connections.inc();
+                self.connections_active.inc();
+            }
+            Event::Connection { opened: false } => {
+                self.connections_active.dec();
+            }
+            Event::ConnectionRefused { reason, .. } => {
+                let reason = reason.split(':').next().unwrap_or_default().to_owned();
+                self.connections_refused
+                    .get_or_create(&ReasonLabels { reason })
+                    .inc();
+            }
+            Event::Auth { method, ok, .. } => {
+                let labels = AuthLabels {
+                    method: method.clone(),
+                    result: if *ok { "success" } else { "failure" }.into(),
+                };
+                self.auth.get_or_create(&labels).inc();
+            }
+            Event::SessionStart { .. } => {
+                self.sessions.inc();
+                self.sessions_active.inc();
+            }
+            Event::SessionEnd {
+                duration,
+                bytes_in,
+                bytes_out,
+                ..
+            } => {
+                self.sessions_active.dec();
+                self.session_seconds.observe(duration.as_secs_f64());
+                self.bytes
+                    .get_or_create(&DirLabels {
+                        direction: "in".into(),
+                    })
+                    .inc_by(*bytes_in);
+                self.bytes
+                    .get_or_create(&DirLabels {
+                        direction: "out".into(),
+                    })
+                    .inc_by(*bytes_out);
+            }
+            Event::Refused { .. } => {
+                self.refused.inc();
+            }
+            Event::Ticket { op, purpose, ok } => {
+                let labels = TicketLabels {
+                    op: (*op).into(),
+                    purpose: (*purpose).into(),
+                    result: if *ok { "ok" } else { "refused" }.into(),
+                };
+                self.tickets.get_or_create(&labels).inc();
+            }
+            Event::DeviceFlow { started } => {
+                if *started {
+                    self.device_flows.inc();
+                } else {
+                    self.device_flows.dec();
+                }
+            }
+            Event::Enrolled { .. } | Event::Logout { .. } => {}
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Serves `GET /metrics` on its own listener until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ops: std::sync::Arc<super::Ops>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let ops = ops.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    ops.metrics.encode(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
