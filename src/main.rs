@@ -86,17 +86,8 @@ fn main() -> std::process::ExitCode {
                 },
             };
             let result = if json {
-                hermes_ssh_gateway::tui::admin::fetch(&socket).and_then(|rows| {
-                    let v: Vec<serde_json::Value> = rows
-                        .iter()
-                        .map(|r| serde_json::json!({
-                            "id": r.id, "user": r.user, "method": r.method, "front": r.front,
-                            "remote": r.remote, "command": r.command, "started_ms": r.started_ms,
-                            "last_input_ms": r.last_input_ms, "bytes_in": r.bytes_in, "bytes_out": r.bytes_out,
-                        }))
-                        .collect();
-                    println!("{}", serde_json::Value::Array(v));
-                    Ok(())
+                hermes_ssh_gateway::tui::admin::fetch(&socket).map(|rows| {
+                    println!("{}", serde_json::to_string(&rows).unwrap_or_default());
                 })
             } else {
                 hermes_ssh_gateway::tui::admin::run(&socket)

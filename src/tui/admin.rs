@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::ops::admin::request;
 
 /// One session as the admin socket lists it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 pub struct SessionRow {
     /// Id.
     pub id: u64,
