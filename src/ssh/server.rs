@@ -115,9 +115,16 @@ impl SshServer {
                     let handler = ConnectionHandler::new(ctx.clone(), Some(peer.ip()), progress.clone(), tracing::Span::current());
                     ctx.ops.emit(Event::Connection { opened: true });
                     tracing::debug!("connected");
-                    if let Ok(session) = russh::server::run_stream(config, socket, handler).await {
+                    // The grace time starts at accept: a client that never even sends its version
+                    // line is dropped too (russh waits for it inside run_stream).
+                    let deadline = tokio::time::Instant::now() + login_grace;
+                    let started = tokio::time::timeout_at(deadline, russh::server::run_stream(config, socket, handler)).await;
+                    if started.is_err() {
+                        tracing::info!("login grace time over before the handshake; disconnecting");
+                    }
+                    if let Ok(Ok(session)) = started {
                         let handle = session.handle();
-                        let grace = tokio::time::sleep(login_grace);
+                        let grace = tokio::time::sleep_until(deadline);
                         tokio::pin!(grace);
                         let mut session = std::pin::pin!(session);
                         let mut grace_armed = true;
