@@ -15,3 +15,6 @@ pub mod ops;
 pub mod ssh;
 pub mod tui;
 pub mod web;
+
+#[cfg(test)]
+mod proptests;

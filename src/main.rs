@@ -193,6 +193,11 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         None => None,
     };
     let ops = Ops::new(audit);
+    hermes_ssh_gateway::ops::memory::spawn_trimmer(
+        ops.closes.clone(),
+        Duration::from_secs(5),
+        background.clone(),
+    );
 
     let listener = tokio::net::TcpListener::bind(config.ssh.listen)
         .await

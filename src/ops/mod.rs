@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod memory;
 pub mod metrics;
 pub mod recording;
 pub mod sessions;
@@ -193,6 +194,8 @@ pub struct Ops {
     pub audit: Option<AuditLog>,
     /// Live sessions of this gateway.
     pub sessions: Arc<SessionRegistry>,
+    /// Connection closes, for the memory trimmer.
+    pub closes: Arc<memory::CloseCounter>,
 }
 
 impl Ops {
@@ -202,11 +205,15 @@ impl Ops {
             metrics: Metrics::new(),
             audit,
             sessions: Arc::new(SessionRegistry::default()),
+            closes: Arc::default(),
         })
     }
 
     /// Reports an event.
     pub fn emit(&self, event: Event) {
+        if let Event::Connection { opened: false } = event {
+            self.closes.closed();
+        }
         self.metrics.observe(&event);
         if let (Some(audit), Some(record)) = (&self.audit, event.audit_record()) {
             audit.write(record);
