@@ -22,6 +22,9 @@ need ssh && need ssh-keygen && need ssh-agent && need sftp || apt_install openss
 need node && need npm || apt_install nodejs npm
 (cd tests/idp && npm ci --no-audit --no-fund --loglevel=error)
 
+# A real Redis for the multi-node tests (started privately by the tests on loopback ports).
+need redis-server || apt_install redis-server
+
 # Debian's Chromium for the browser test (playwright-core drives it; it downloads no browser).
 [ -x /usr/bin/chromium ] || apt_install chromium
 

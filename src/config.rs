@@ -287,18 +287,38 @@ impl TryFrom<String> for IssuerUrl {
     }
 }
 
+/// Where shared state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StateBackend {
+    /// This process (tickets, limits) and a file under `dir` (enrollments).
+    #[default]
+    Memory,
+    /// Redis, shared by several gateway nodes.
+    Redis,
+}
+
 /// `[state]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
     /// Directory for the embedded state (created, mode 0700).
     pub dir: PathBuf,
+    /// `memory` (default) or `redis`.
+    pub backend: StateBackend,
+    /// `redis://[:password@]host:port[/db]`, or `rediss://` for TLS. Never logged.
+    pub redis_url: Option<secrecy::SecretString>,
+    /// This node's name in the shared session directory (default: host name and pid).
+    pub node_id: Option<String>,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             dir: PathBuf::from("state"),
+            backend: StateBackend::Memory,
+            redis_url: None,
+            node_id: None,
         }
     }
 }
@@ -581,6 +601,11 @@ impl Config {
                     "[oidc] max_pending, max_pending_per_ip: must be at least 1".into(),
                 ));
             }
+        }
+        if self.state.backend == StateBackend::Redis && self.state.redis_url.is_none() {
+            return Err(invalid(
+                "[state] redis_url: required with backend = \"redis\"".into(),
+            ));
         }
         if self.limits.max_connections == 0 {
             return Err(invalid(

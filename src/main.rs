@@ -10,12 +10,15 @@ use clap::{Parser, Subcommand};
 
 use arc_swap::ArcSwap;
 use hermes_ssh_gateway::config::Config;
+use hermes_ssh_gateway::config::StateBackend;
 use hermes_ssh_gateway::identity::claims::ClaimPolicy;
-use hermes_ssh_gateway::identity::limits::BanList;
-use hermes_ssh_gateway::identity::limits::PendingLimiter;
+use hermes_ssh_gateway::identity::limits::{BanList, Bans, PendingLimiter};
 use hermes_ssh_gateway::identity::oidc::{Oidc, OidcSettings};
-use hermes_ssh_gateway::identity::store::FileEnrollmentStore;
-use hermes_ssh_gateway::identity::tickets::MemoryTicketStore;
+use hermes_ssh_gateway::identity::redis::{
+    Redis, RedisBans, RedisEnrollments, RedisTickets, SessionDirectory,
+};
+use hermes_ssh_gateway::identity::store::{EnrollmentStore, FileEnrollmentStore};
+use hermes_ssh_gateway::identity::tickets::{MemoryTicketStore, TicketStore};
 use hermes_ssh_gateway::identity::KeyRegistry;
 use hermes_ssh_gateway::launcher::{LaunchSpec, SessionEnv};
 use hermes_ssh_gateway::ops::{admin, metrics, AuditLog, Ops, Shutdown};
@@ -229,10 +232,30 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         inactivity_timeout: config.ssh.inactivity_timeout,
         keepalive_interval: Some(config.ssh.keepalive_interval).filter(|d| !d.is_zero()),
     };
-    let enrollments = Arc::new(
-        FileEnrollmentStore::open(&config.state.dir)
-            .with_context(|| format!("[state] dir {}", config.state.dir.display()))?,
-    );
+    // Shared state: this process (and a file), or Redis for several nodes.
+    let redis = match (&config.state.backend, &config.state.redis_url) {
+        (StateBackend::Redis, Some(url)) => Some(Redis::open(url).map_err(anyhow::Error::msg)?),
+        _ => None,
+    };
+    let enrollments: Arc<dyn EnrollmentStore> = match &redis {
+        Some(r) => Arc::new(RedisEnrollments(r.clone())),
+        None => Arc::new(
+            FileEnrollmentStore::open(&config.state.dir)
+                .with_context(|| format!("[state] dir {}", config.state.dir.display()))?,
+        ),
+    };
+    if let Some(r) = &redis {
+        let node = config.state.node_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "node".into());
+            format!("{host}-{}", std::process::id())
+        });
+        tracing::info!(node, "shared state in Redis");
+        ops.sessions
+            .attach_directory(Arc::new(SessionDirectory::new(r.clone(), node)));
+        ops.sessions.spawn_heartbeat(background.clone());
+    }
     let (oidc, limiter, enroll_ttl, pending_timeout) = match &config.oidc {
         Some(o) => {
             let oidc = Oidc::new(OidcSettings {
@@ -256,24 +279,38 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         }
         None => (None, None, Duration::ZERO, Duration::from_secs(600)),
     };
-    let tickets = MemoryTicketStore::new();
-    tickets.spawn_sweeper(Duration::from_secs(10), background.clone());
-    let bans = Arc::new(BanList::new(
-        config.limits.auth_failures_before_ban,
-        config.limits.ban_duration,
-    ));
-    {
-        let bans = bans.clone();
-        let stop = background.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(60)) => bans.sweep(),
+    let tickets: Arc<dyn TicketStore> = match &redis {
+        Some(r) => Arc::new(RedisTickets(r.clone())),
+        None => {
+            let t = MemoryTicketStore::new();
+            t.spawn_sweeper(Duration::from_secs(10), background.clone());
+            t
+        }
+    };
+    let bans: Arc<dyn Bans> = match &redis {
+        Some(r) => Arc::new(RedisBans::new(
+            r.clone(),
+            config.limits.auth_failures_before_ban,
+            config.limits.ban_duration,
+        )),
+        None => {
+            let bans = Arc::new(BanList::new(
+                config.limits.auth_failures_before_ban,
+                config.limits.ban_duration,
+            ));
+            let sweep = bans.clone();
+            let stop = background.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(60)) => sweep.sweep(),
+                    }
                 }
-            }
-        });
-    }
+            });
+            bans
+        }
+    };
     let web_link = match &config.web {
         Some(w) => {
             let web_listener = tokio::net::TcpListener::bind(w.listen)

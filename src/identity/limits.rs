@@ -111,6 +111,43 @@ mod tests {
     }
 }
 
+/// Failed-login counting and bans, in this process or shared by every node.
+#[async_trait::async_trait]
+pub trait Bans: Send + Sync {
+    /// Whether `ip` is banned now.
+    async fn is_banned(&self, ip: IpAddr) -> bool;
+    /// Counts a failure; true when it bans the address now.
+    async fn failure(&self, ip: IpAddr) -> bool;
+    /// A success clears the address's failures.
+    async fn success(&self, ip: IpAddr);
+}
+
+#[async_trait::async_trait]
+impl Bans for BanList {
+    async fn is_banned(&self, ip: IpAddr) -> bool {
+        BanList::is_banned(self, ip)
+    }
+    async fn failure(&self, ip: IpAddr) -> bool {
+        BanList::failure(self, ip)
+    }
+    async fn success(&self, ip: IpAddr) {
+        BanList::success(self, ip)
+    }
+}
+
+#[async_trait::async_trait]
+impl Bans for super::redis::RedisBans {
+    async fn is_banned(&self, ip: IpAddr) -> bool {
+        super::redis::RedisBans::is_banned(self, ip).await
+    }
+    async fn failure(&self, ip: IpAddr) -> bool {
+        super::redis::RedisBans::failure(self, ip).await
+    }
+    async fn success(&self, ip: IpAddr) {
+        super::redis::RedisBans::success(self, ip).await
+    }
+}
+
 /// Per-address failed logins and temporary bans.
 ///
 /// A "failure" is a connection that tried to authenticate and ended without succeeding; after

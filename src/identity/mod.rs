@@ -8,6 +8,7 @@ pub mod keys;
 pub mod limits;
 pub mod oidc;
 pub mod principal;
+pub mod redis;
 pub mod store;
 pub mod tickets;
 pub mod user_id;

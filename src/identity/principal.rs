@@ -5,13 +5,13 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::limits::PendingPermit;
 use super::UserId;
 
 /// How the user proved who they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuthMethod {
     /// A public key mapped to the user in `users_dir/<id>.keys`.
@@ -44,7 +44,7 @@ impl fmt::Display for AuthMethod {
 
 /// An authenticated principal. Only code that has checked a credential constructs one; anything
 /// that launches a program takes an `Identity`, so nothing unauthenticated can ever be launched.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     /// The user id every program and log sees.
     pub user_id: UserId,
@@ -53,16 +53,16 @@ pub struct Identity {
     /// How the user authenticated.
     pub method: AuthMethod,
     /// SHA-256 fingerprint of the key used or bound, when there is one (`SHA256:…`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_fingerprint: Option<String>,
     /// Email from the IdP.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
     /// Display name from the IdP.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
     /// Groups from the IdP.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
 }
 

@@ -63,7 +63,9 @@ async fn handle(stream: UnixStream, sessions: Arc<SessionRegistry>) {
     while let Ok(Some(line)) = lines.next_line().await {
         let mut words = line.split_whitespace();
         let answer = match (words.next(), words.next()) {
-            (Some("list"), None) => serde_json::to_string(&sessions.list()).unwrap_or_default(),
+            (Some("list"), None) => {
+                serde_json::to_string(&sessions.list_all().await).unwrap_or_default()
+            }
             (Some("end"), Some(id)) => match id.parse::<u64>() {
                 Ok(id) => {
                     let ended = sessions.end(id);

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
+
+use crate::identity::redis::SessionDirectory;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -72,11 +74,21 @@ pub struct TooManySessions {
     pub limit: usize,
 }
 
-/// All live sessions.
-#[derive(Debug, Default)]
+/// All live sessions of this node, published to a shared directory when there is one.
+#[derive(Default)]
 pub struct SessionRegistry {
     map: DashMap<u64, Arc<LiveSession>>,
     next: AtomicU64,
+    directory: std::sync::OnceLock<Arc<SessionDirectory>>,
+    changed: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for SessionRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRegistry")
+            .field("sessions", &self.map.len())
+            .finish()
+    }
 }
 
 /// Keeps a session registered; dropping it unregisters.
@@ -89,6 +101,7 @@ pub struct SessionGuard {
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.registry.map.remove(&self.session.id);
+        self.registry.changed.notify_one();
     }
 }
 
@@ -107,8 +120,32 @@ pub struct NewSession {
 }
 
 impl SessionRegistry {
-    /// Registers a session unless the user already has `max_per_user` (0: no limit).
-    pub fn register(
+    /// Publishes this node's sessions to `directory` (shared by every node) from now on.
+    pub fn attach_directory(&self, directory: Arc<SessionDirectory>) {
+        let _ = self.directory.set(directory);
+    }
+
+    /// Sessions of `user` on the other nodes (0 without a directory, or when it is unreachable:
+    /// a fairness limit falls back to this node's own count rather than refusing everyone).
+    async fn remote_count(&self, user: &str) -> usize {
+        let Some(dir) = self.directory.get() else {
+            return 0;
+        };
+        match dir.all().await {
+            Ok(all) => all
+                .iter()
+                .filter(|(node, s)| node != dir.node() && s["user"] == user)
+                .count(),
+            Err(e) => {
+                tracing::error!(error = %e, "session directory unreachable; counting this node's sessions only");
+                0
+            }
+        }
+    }
+
+    /// Registers a session unless the user already has `max_per_user` on all nodes together
+    /// (0: no limit).
+    pub async fn register(
         self: &Arc<Self>,
         s: NewSession,
         max_per_user: usize,
@@ -116,7 +153,8 @@ impl SessionRegistry {
         // Counting and inserting are not one atomic step; a burst can pass the limit by the
         // number of simultaneous starts, which is acceptable for a fairness limit.
         if max_per_user > 0 {
-            let n = self.map.iter().filter(|e| e.user == s.user).count();
+            let local = self.map.iter().filter(|e| e.user == s.user).count();
+            let n = local + self.remote_count(&s.user).await;
             if n >= max_per_user {
                 return Err(TooManySessions {
                     user: s.user,
@@ -140,6 +178,7 @@ impl SessionRegistry {
             end: CancellationToken::new(),
         });
         self.map.insert(id, session.clone());
+        self.changed.notify_one();
         Ok(SessionGuard {
             registry: self.clone(),
             session,
@@ -162,6 +201,70 @@ impl SessionRegistry {
             }
             None => false,
         }
+    }
+
+    /// Every node's sessions as JSON objects with a `node` field (this node's first); without a
+    /// directory, or when it is unreachable, this node's only.
+    pub async fn list_all(&self) -> Vec<serde_json::Value> {
+        let own = self
+            .directory
+            .get()
+            .map(|d| d.node().to_owned())
+            .unwrap_or_default();
+        let mut out: Vec<serde_json::Value> = self
+            .list()
+            .iter()
+            .filter_map(|s| serde_json::to_value(&**s).ok())
+            .map(|mut v| {
+                v["node"] = own.clone().into();
+                v
+            })
+            .collect();
+        if let Some(dir) = self.directory.get() {
+            match dir.all().await {
+                Ok(all) => out.extend(all.into_iter().filter(|(n, _)| *n != own).map(
+                    |(n, mut v)| {
+                        v["node"] = n.into();
+                        v
+                    },
+                )),
+                Err(e) => {
+                    tracing::error!(error = %e, "session directory unreachable; listing this node only")
+                }
+            }
+        }
+        out
+    }
+
+    /// Publishes this node's list now, on every change, and every 2 s, until `stop`.
+    pub fn spawn_heartbeat(self: &Arc<Self>, stop: CancellationToken) {
+        let Some(dir) = self.directory.get().cloned() else {
+            return;
+        };
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                let json = serde_json::to_string(&me.list()).unwrap_or_else(|_| "[]".into());
+                match dir.publish(json).await {
+                    Ok(()) if failing => {
+                        failing = false;
+                        tracing::info!("session directory reachable again");
+                    }
+                    Ok(()) => {}
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::error!(error = %e, "publishing sessions to the shared directory failed");
+                    }
+                    Err(_) => {}
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = me.changed.notified() => {}
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                }
+            }
+        });
     }
 
     /// How many sessions run.

@@ -178,7 +178,7 @@ impl russh::server::Handler for ConnectionHandler {
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
         self.progress.succeed();
         if let Ok(ip) = self.remote.parse() {
-            self.ctx.bans.success(ip);
+            self.ctx.bans.success(ip).await;
         }
         if let Some(p) = self.auth.take_principal() {
             let handle = session.handle();

@@ -48,7 +48,7 @@ pub struct SshContext {
     /// Where session recordings go (none: off).
     pub recording_dir: Option<std::path::PathBuf>,
     /// Per-address failures and bans (shared with the listener).
-    pub bans: Arc<crate::identity::limits::BanList>,
+    pub bans: Arc<dyn crate::identity::limits::Bans>,
     /// Variables a client may set.
     pub accept_env: Vec<EnvPattern>,
     /// What non-built-in exec commands do.

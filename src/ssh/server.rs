@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-use crate::identity::limits::BanList;
+use crate::identity::limits::Bans;
 use crate::ops::{Event, Shutdown};
 use tracing::Instrument;
 
@@ -84,15 +84,7 @@ impl SshServer {
                     }
                 },
             };
-            // Refusals before any SSH work: a banned or excess client costs an accept and a close.
-            if bans.is_banned(peer.ip()) {
-                tracing::debug!(%peer, "refused: address is banned");
-                self.ctx.ops.emit(Event::ConnectionRefused {
-                    remote: peer.ip().to_string(),
-                    reason: "banned".into(),
-                });
-                continue;
-            }
+            // Refusals before any SSH work: an excess client costs an accept and a close.
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 tracing::warn!(%peer, limit = limits.max_connections, "refused: too many connections");
                 self.ctx.ops.emit(Event::ConnectionRefused {
@@ -110,6 +102,13 @@ impl SshServer {
             tracker.spawn(
                 async move {
                     let _slot = slot;
+                    // A banned address gets no SSH work at all (checked here, not in the accept
+                    // loop, so a shared store's round trip never holds up other accepts).
+                    if bans.is_banned(peer.ip()).await {
+                        tracing::debug!("refused: address is banned");
+                        ctx.ops.emit(Event::ConnectionRefused { remote: peer.ip().to_string(), reason: "banned".into() });
+                        return;
+                    }
                     let _ = socket.set_nodelay(true);
                     let progress = Arc::new(AuthProgress::default());
                     let handler = ConnectionHandler::new(ctx.clone(), Some(peer.ip()), progress.clone(), tracing::Span::current());
@@ -155,7 +154,7 @@ impl SshServer {
                     } else {
                         tracing::debug!("handshake failed");
                     }
-                    if !progress.authenticated() && progress.attempted() && bans.failure(peer.ip()) {
+                    if !progress.authenticated() && progress.attempted() && bans.failure(peer.ip()).await {
                         tracing::warn!(ip = %peer.ip(), "address banned after repeated failed logins");
                     }
                     ctx.ops.emit(Event::Connection { opened: false });
@@ -171,14 +170,14 @@ impl SshServer {
 }
 
 /// Limits applied before and around authentication.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnectionLimits {
     /// Most concurrent connections.
     pub max_connections: usize,
     /// Unauthenticated connections are closed after this.
     pub login_grace: Duration,
     /// Per-address failures and bans.
-    pub bans: Arc<BanList>,
+    pub bans: Arc<dyn Bans>,
 }
 
 /// What a connection's authentication has reached, shared with its listener task.

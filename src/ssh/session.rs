@@ -555,16 +555,22 @@ impl Job {
         let user = identity.user_id.to_string();
         let launch = self.ctx.launch.load_full();
         let command = launch.command.join(" ");
-        let guard = match self.ctx.ops.sessions.register(
-            NewSession {
-                user: user.clone(),
-                method: identity.method.as_str().into(),
-                front: "ssh",
-                remote: self.ctx_remote(),
-                command: command.clone(),
-            },
-            self.ctx.limits.max_sessions_per_user,
-        ) {
+        let guard = match self
+            .ctx
+            .ops
+            .sessions
+            .register(
+                NewSession {
+                    user: user.clone(),
+                    method: identity.method.as_str().into(),
+                    front: "ssh",
+                    remote: self.ctx_remote(),
+                    command: command.clone(),
+                },
+                self.ctx.limits.max_sessions_per_user,
+            )
+            .await
+        {
             Ok(g) => g,
             Err(e) => {
                 self.ctx.ops.emit(Event::Refused {

@@ -16,8 +16,11 @@ use crate::ops::admin::request;
 /// One session as the admin socket lists it.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 pub struct SessionRow {
-    /// Id.
+    /// Id (unique per node).
     pub id: u64,
+    /// The gateway node running it (empty for a single node).
+    #[serde(default)]
+    pub node: String,
     /// User.
     pub user: String,
     /// Method.
@@ -101,6 +104,7 @@ pub fn run(socket: &Path) -> std::io::Result<()> {
                 let body = rows.iter().map(|r| {
                     Row::new(vec![
                         r.id.to_string(),
+                        r.node.clone(),
                         r.user.clone(),
                         r.method.clone(),
                         r.front.clone(),
@@ -114,6 +118,7 @@ pub fn run(socket: &Path) -> std::io::Result<()> {
                 });
                 let widths = [
                     Constraint::Length(5),
+                    Constraint::Length(10),
                     Constraint::Length(18),
                     Constraint::Length(13),
                     Constraint::Length(5),

@@ -69,16 +69,21 @@ pub async fn pty(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let guard = match ctx.ops.sessions.register(
-        NewSession {
-            user: identity.user_id.to_string(),
-            method: identity.method.as_str().into(),
-            front: "web",
-            remote,
-            command: launch.command.join(" "),
-        },
-        ctx.max_sessions_per_user,
-    ) {
+    let guard = match ctx
+        .ops
+        .sessions
+        .register(
+            NewSession {
+                user: identity.user_id.to_string(),
+                method: identity.method.as_str().into(),
+                front: "web",
+                remote,
+                command: launch.command.join(" "),
+            },
+            ctx.max_sessions_per_user,
+        )
+        .await
+    {
         Ok(g) => g,
         Err(e) => {
             tracing::warn!("refused: {e}");

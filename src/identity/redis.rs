@@ -1,0 +1,406 @@
+//! Shared state for several gateway nodes, in Redis: tickets, enrollments, bans, device-flow
+//! counters and the directory of every node's sessions.
+//!
+//! Each operation has a short timeout. When Redis is unreachable, operations that need shared
+//! state fail with [`StoreError`] and log; the connection manager reconnects by itself when
+//! Redis returns. What fails closed and what fails open is decided by the callers: tickets and
+//! enrollments refuse, fairness limits fall back to this node's own counts.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use super::store::{unix_now, Enrollment, EnrollmentStore, StoreError};
+use super::tickets::{random_token, token_hash, Purpose, TicketRefusal, TicketStore};
+use super::Identity;
+
+/// How long one Redis operation may take before it counts as unreachable.
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Keys live under this prefix.
+const PREFIX: &str = "hermes:";
+
+/// A lazily connected, self-reconnecting Redis client.
+pub struct Redis {
+    client: redis::Client,
+    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: never print it.
+        f.write_str("Redis(<url>)")
+    }
+}
+
+fn unreachable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io {
+        path: "redis".into(),
+        detail: e.to_string(),
+    }
+}
+
+impl Redis {
+    /// Parses the URL (`redis://`, `rediss://` for TLS; `redis://:password@host:port/db`).
+    /// Connects on first use, so a gateway starts even while Redis is down.
+    pub fn open(url: &SecretString) -> Result<Arc<Redis>, String> {
+        let client = redis::Client::open(url.expose_secret())
+            // The error text may quote the URL (and its password): say only what kind it is.
+            .map_err(|e| {
+                format!(
+                    "[state] redis_url is not a valid Redis URL ({:?})",
+                    e.kind()
+                )
+            })?;
+        Ok(Arc::new(Redis {
+            client,
+            conn: tokio::sync::Mutex::new(None),
+        }))
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(OP_TIMEOUT))
+            .set_response_timeout(Some(OP_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let c = tokio::time::timeout(
+            OP_TIMEOUT * 2,
+            ConnectionManager::new_with_config(self.client.clone(), config),
+        )
+        .await
+        .map_err(|_| unreachable("connect timed out"))?
+        .map_err(unreachable)?;
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Runs one command with the timeout.
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let mut c = self.conn().await?;
+        match tokio::time::timeout(OP_TIMEOUT, cmd.query_async::<T>(&mut c)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(unreachable(e)),
+            Err(_) => Err(unreachable("timed out")),
+        }
+    }
+
+    /// Runs a script with the timeout.
+    pub async fn script<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<T, StoreError> {
+        let mut c = self.conn().await?;
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(k);
+        }
+        for a in args {
+            inv.arg(a);
+        }
+        match tokio::time::timeout(OP_TIMEOUT, inv.invoke_async::<T>(&mut c)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(unreachable(e)),
+            Err(_) => Err(unreachable("timed out")),
+        }
+    }
+}
+
+fn key(kind: &str, id: &str) -> String {
+    format!("{PREFIX}{kind}:{id}")
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredTicket {
+    identity: Identity,
+    purpose: String,
+    /// Unix ms.
+    expires_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Tickets in Redis: `SET hermes:ticket:<sha256> … PX` and an atomic `GETDEL` to consume, so
+/// of any number of nodes racing on one ticket exactly one wins.
+pub struct RedisTickets(pub Arc<Redis>);
+
+/// Entries outlive their TTL by this much, so "expired" can be told apart from "unknown".
+const TICKET_GRACE_MS: u64 = 60_000;
+
+#[async_trait::async_trait]
+impl TicketStore for RedisTickets {
+    async fn mint(
+        &self,
+        identity: &Identity,
+        purpose: Purpose,
+        ttl: Duration,
+    ) -> Result<SecretString, TicketRefusal> {
+        let token = random_token();
+        let stored = StoredTicket {
+            identity: identity.clone(),
+            purpose: purpose.as_str().into(),
+            expires_ms: now_ms() + ttl.as_millis() as u64,
+        };
+        let value = serde_json::to_string(&stored).map_err(|_| TicketRefusal::Unavailable)?;
+        let k = key("ticket", &token_hash(token.expose_secret()));
+        let px = ttl.as_millis() as u64 + TICKET_GRACE_MS;
+        self.0
+            .query::<()>(redis::cmd("SET").arg(&k).arg(value).arg("PX").arg(px))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "minting a ticket in Redis failed");
+                TicketRefusal::Unavailable
+            })?;
+        Ok(token)
+    }
+
+    async fn consume(&self, token: &str, purpose: Purpose) -> Result<Identity, TicketRefusal> {
+        if token.len() != 43 {
+            return Err(TicketRefusal::Unknown);
+        }
+        let hash = token_hash(token);
+        let got: Option<String> = self
+            .0
+            .query(redis::cmd("GETDEL").arg(key("ticket", &hash)))
+            .await
+            .map_err(|e| {
+                // Fail closed: no shared store, no ticket.
+                tracing::error!(error = %e, "consuming a ticket in Redis failed");
+                TicketRefusal::Unavailable
+            })?;
+        let Some(value) = got else {
+            let used: bool = self
+                .0
+                .query(redis::cmd("EXISTS").arg(key("ticket-used", &hash)))
+                .await
+                .unwrap_or(false);
+            return Err(if used {
+                TicketRefusal::Used
+            } else {
+                TicketRefusal::Unknown
+            });
+        };
+        let stored: StoredTicket =
+            serde_json::from_str(&value).map_err(|_| TicketRefusal::Unknown)?;
+        // A tombstone until the ticket's own expiry tells a replay from a guess in the log.
+        let left = stored.expires_ms.saturating_sub(now_ms()).max(1);
+        let _ = self
+            .0
+            .query::<()>(
+                redis::cmd("SET")
+                    .arg(key("ticket-used", &hash))
+                    .arg(1)
+                    .arg("PX")
+                    .arg(left + TICKET_GRACE_MS),
+            )
+            .await;
+        if stored.expires_ms <= now_ms() {
+            return Err(TicketRefusal::Expired);
+        }
+        if stored.purpose != purpose.as_str() {
+            return Err(TicketRefusal::WrongPurpose);
+        }
+        Ok(stored.identity)
+    }
+}
+
+/// Enrollments in Redis: `hermes:enroll:<fingerprint>` expiring at the binding's own expiry, so
+/// a logout on one node takes effect on all at once.
+pub struct RedisEnrollments(pub Arc<Redis>);
+
+#[async_trait::async_trait]
+impl EnrollmentStore for RedisEnrollments {
+    async fn bind(&self, fingerprint: &str, enrollment: Enrollment) -> Result<(), StoreError> {
+        let value = serde_json::to_string(&enrollment).map_err(unreachable)?;
+        self.0
+            .query::<()>(
+                redis::cmd("SET")
+                    .arg(key("enroll", fingerprint))
+                    .arg(value)
+                    .arg("EXAT")
+                    .arg(enrollment.expires_at.max(unix_now() + 1)),
+            )
+            .await
+    }
+
+    async fn lookup(&self, fingerprint: &str) -> Result<Option<Enrollment>, StoreError> {
+        let v: Option<String> = self
+            .0
+            .query(redis::cmd("GET").arg(key("enroll", fingerprint)))
+            .await?;
+        Ok(v.and_then(|s| serde_json::from_str::<Enrollment>(&s).ok())
+            .filter(Enrollment::is_live))
+    }
+
+    async fn remove(&self, fingerprint: &str) -> Result<bool, StoreError> {
+        let n: u64 = self
+            .0
+            .query(redis::cmd("DEL").arg(key("enroll", fingerprint)))
+            .await?;
+        Ok(n > 0)
+    }
+}
+
+/// Failed-login counts and bans shared by every node.
+pub struct RedisBans {
+    redis: Arc<Redis>,
+    max_failures: u32,
+    ban: Duration,
+}
+
+impl RedisBans {
+    /// `max_failures == 0` disables banning.
+    pub fn new(redis: Arc<Redis>, max_failures: u32, ban: Duration) -> RedisBans {
+        RedisBans {
+            redis,
+            max_failures,
+            ban,
+        }
+    }
+
+    /// Whether `ip` is banned (an unreachable Redis bans nobody, and is logged).
+    pub async fn is_banned(&self, ip: IpAddr) -> bool {
+        if self.max_failures == 0 {
+            return false;
+        }
+        match self
+            .redis
+            .query::<bool>(redis::cmd("EXISTS").arg(key("ban", &ip.to_string())))
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "ban check in Redis failed; not banning");
+                false
+            }
+        }
+    }
+
+    /// Counts a failure; true when it bans the address now.
+    pub async fn failure(&self, ip: IpAddr) -> bool {
+        if self.max_failures == 0 {
+            return false;
+        }
+        let script = redis::Script::new(
+            r"local n = redis.call('INCR', KEYS[1])
+              if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+              if n >= tonumber(ARGV[2]) and redis.call('EXISTS', KEYS[2]) == 0 then
+                redis.call('SET', KEYS[2], 1, 'EX', ARGV[1])
+                return 1
+              end
+              return 0",
+        );
+        let ipk = ip.to_string();
+        match self
+            .redis
+            .script::<i64>(
+                &script,
+                &[key("fail", &ipk), key("ban", &ipk)],
+                &[
+                    self.ban.as_secs().max(1).to_string(),
+                    self.max_failures.to_string(),
+                ],
+            )
+            .await
+        {
+            Ok(n) => n == 1,
+            Err(e) => {
+                tracing::error!(error = %e, "counting a failed login in Redis failed");
+                false
+            }
+        }
+    }
+
+    /// A success clears the address's failures.
+    pub async fn success(&self, ip: IpAddr) {
+        let _ = self
+            .redis
+            .query::<()>(redis::cmd("DEL").arg(key("fail", &ip.to_string())))
+            .await;
+    }
+}
+
+/// Every node's live sessions, each node's list under `hermes:node:<id>` with a short expiry
+/// refreshed by a heartbeat, so a node that dies drops out by itself.
+pub struct SessionDirectory {
+    redis: Arc<Redis>,
+    node: String,
+}
+
+/// How long a node's list lives without a heartbeat.
+pub const NODE_TTL: Duration = Duration::from_secs(15);
+
+impl SessionDirectory {
+    /// The directory as node `node`.
+    pub fn new(redis: Arc<Redis>, node: String) -> SessionDirectory {
+        SessionDirectory { redis, node }
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Publishes this node's sessions (a JSON array).
+    pub async fn publish(&self, sessions_json: String) -> Result<(), StoreError> {
+        self.redis
+            .query::<()>(
+                redis::cmd("SET")
+                    .arg(key("node", &self.node))
+                    .arg(sessions_json)
+                    .arg("PX")
+                    .arg(NODE_TTL.as_millis() as u64),
+            )
+            .await?;
+        self.redis
+            .query::<()>(
+                redis::cmd("SADD")
+                    .arg(format!("{PREFIX}nodes"))
+                    .arg(&self.node),
+            )
+            .await
+    }
+
+    /// Every node's sessions, as (node, session JSON) pairs.
+    pub async fn all(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        let nodes: Vec<String> = self
+            .redis
+            .query(redis::cmd("SMEMBERS").arg(format!("{PREFIX}nodes")))
+            .await?;
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = nodes.iter().map(|n| key("node", n)).collect();
+        let values: Vec<Option<String>> = self.redis.query(redis::cmd("MGET").arg(&keys)).await?;
+        let mut out = Vec::new();
+        for (node, v) in nodes.into_iter().zip(values) {
+            match v.and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok()) {
+                Some(serde_json::Value::Array(list)) => {
+                    out.extend(list.into_iter().map(|s| (node.clone(), s)));
+                }
+                // The node's heartbeat expired: it is gone.
+                _ => {
+                    let _ = self
+                        .redis
+                        .query::<()>(redis::cmd("SREM").arg(format!("{PREFIX}nodes")).arg(&node))
+                        .await;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
