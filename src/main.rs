@@ -12,10 +12,10 @@ use arc_swap::ArcSwap;
 use hermes_ssh_gateway::config::Config;
 use hermes_ssh_gateway::config::StateBackend;
 use hermes_ssh_gateway::identity::claims::ClaimPolicy;
-use hermes_ssh_gateway::identity::limits::{BanList, Bans, PendingLimiter};
+use hermes_ssh_gateway::identity::limits::{BanList, Bans, PendingLimiter, PendingSlots};
 use hermes_ssh_gateway::identity::oidc::{Oidc, OidcSettings};
 use hermes_ssh_gateway::identity::redis::{
-    Redis, RedisBans, RedisEnrollments, RedisTickets, SessionDirectory,
+    Redis, RedisBans, RedisEnrollments, RedisPending, RedisTickets, SessionDirectory,
 };
 use hermes_ssh_gateway::identity::store::{EnrollmentStore, FileEnrollmentStore};
 use hermes_ssh_gateway::identity::tickets::{MemoryTicketStore, TicketStore};
@@ -254,7 +254,10 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         tracing::info!(node, "shared state in Redis");
         ops.sessions
             .attach_directory(Arc::new(SessionDirectory::new(r.clone(), node)));
-        ops.sessions.spawn_heartbeat(background.clone());
+        let gauge = ops.clone();
+        ops.sessions.spawn_heartbeat(background.clone(), move |n| {
+            gauge.metrics.set_cluster_sessions(n)
+        });
     }
     let (oidc, limiter, enroll_ttl, pending_timeout) = match &config.oidc {
         Some(o) => {
@@ -274,7 +277,15 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             })
             .map_err(anyhow::Error::msg)?;
             oidc.spawn_discovery(background.clone());
-            let limiter = Arc::new(PendingLimiter::new(o.max_pending, o.max_pending_per_ip));
+            let limiter: Arc<dyn PendingSlots> = match &redis {
+                Some(r) => Arc::new(RedisPending::new(
+                    r.clone(),
+                    o.max_pending,
+                    o.max_pending_per_ip,
+                    o.pending_timeout,
+                )),
+                None => Arc::new(PendingLimiter::new(o.max_pending, o.max_pending_per_ip)),
+            };
             (Some(oidc), Some(limiter), o.enroll_ttl, o.pending_timeout)
         }
         None => (None, None, Duration::ZERO, Duration::from_secs(600)),

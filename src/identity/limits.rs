@@ -31,10 +31,45 @@ pub struct PendingLimiter {
 }
 
 /// One pending connection's slot; dropping it frees the slot.
-#[derive(Debug)]
 pub struct PendingPermit {
-    ip: Option<IpAddr>,
-    counts: Arc<Mutex<Counts>>,
+    release: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for PendingPermit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingPermit")
+    }
+}
+
+impl PendingPermit {
+    /// A slot freed by calling `release` once.
+    pub fn new(release: impl FnOnce() + Send + Sync + 'static) -> PendingPermit {
+        PendingPermit {
+            release: Some(Box::new(release)),
+        }
+    }
+}
+
+impl Drop for PendingPermit {
+    fn drop(&mut self) {
+        if let Some(r) = self.release.take() {
+            r();
+        }
+    }
+}
+
+/// Where pending slots are counted: this process, or every node together.
+#[async_trait::async_trait]
+pub trait PendingSlots: Send + Sync {
+    /// Takes a slot for a connection from `ip`.
+    async fn acquire(&self, ip: Option<IpAddr>) -> Result<PendingPermit, LimitError>;
+}
+
+#[async_trait::async_trait]
+impl PendingSlots for PendingLimiter {
+    async fn acquire(&self, ip: Option<IpAddr>) -> Result<PendingPermit, LimitError> {
+        self.try_acquire(ip)
+    }
 }
 
 impl PendingLimiter {
@@ -61,30 +96,24 @@ impl PendingLimiter {
             *n += 1;
         }
         c.total += 1;
-        Ok(PendingPermit {
-            ip,
-            counts: self.counts.clone(),
-        })
+        let counts = self.counts.clone();
+        Ok(PendingPermit::new(move || {
+            let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+            c.total = c.total.saturating_sub(1);
+            if let Some(ip) = ip {
+                if let Some(n) = c.by_ip.get_mut(&ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        c.by_ip.remove(&ip);
+                    }
+                }
+            }
+        }))
     }
 
     /// Pending connections now.
     pub fn in_use(&self) -> usize {
         self.counts.lock().map(|c| c.total).unwrap_or(0)
-    }
-}
-
-impl Drop for PendingPermit {
-    fn drop(&mut self) {
-        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        c.total = c.total.saturating_sub(1);
-        if let Some(ip) = self.ip {
-            if let Some(n) = c.by_ip.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    c.by_ip.remove(&ip);
-                }
-            }
-        }
     }
 }
 

@@ -404,3 +404,82 @@ impl SessionDirectory {
         Ok(out)
     }
 }
+
+/// Pending sign-ins counted across nodes (`hermes:pending:all`, `hermes:pending:ip:<ip>`), each
+/// count expiring after `ttl` so a node that dies cannot hold slots forever. When Redis is
+/// unreachable, this node's own limiter still bounds what it lets through.
+pub struct RedisPending {
+    redis: Arc<Redis>,
+    max_total: usize,
+    max_per_ip: usize,
+    ttl: Duration,
+    local: super::limits::PendingLimiter,
+}
+
+impl RedisPending {
+    /// Caps across nodes, and the same caps per node as a fallback.
+    pub fn new(
+        redis: Arc<Redis>,
+        max_total: usize,
+        max_per_ip: usize,
+        ttl: Duration,
+    ) -> RedisPending {
+        RedisPending {
+            redis,
+            max_total,
+            max_per_ip,
+            ttl,
+            local: super::limits::PendingLimiter::new(max_total, max_per_ip),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl super::limits::PendingSlots for RedisPending {
+    async fn acquire(
+        &self,
+        ip: Option<IpAddr>,
+    ) -> Result<super::limits::PendingPermit, super::limits::LimitError> {
+        use super::limits::LimitError;
+        let script = redis::Script::new(
+            r"local all = redis.call('INCR', KEYS[1]); redis.call('EXPIRE', KEYS[1], ARGV[3])
+              local ip = redis.call('INCR', KEYS[2]); redis.call('EXPIRE', KEYS[2], ARGV[3])
+              if all > tonumber(ARGV[1]) or ip > tonumber(ARGV[2]) then
+                redis.call('DECR', KEYS[1]); redis.call('DECR', KEYS[2])
+                if all > tonumber(ARGV[1]) then return 1 end
+                return 2
+              end
+              return 0",
+        );
+        let ip_key = key(
+            "pending:ip",
+            &ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+        );
+        let keys = vec![key("pending", "all"), ip_key];
+        let args = vec![
+            self.max_total.to_string(),
+            self.max_per_ip.to_string(),
+            self.ttl.as_secs().max(1).to_string(),
+        ];
+        match self.redis.script::<i64>(&script, &keys, &args).await {
+            Ok(0) => {
+                let redis = self.redis.clone();
+                Ok(super::limits::PendingPermit::new(move || {
+                    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                        rt.spawn(async move {
+                            for k in keys {
+                                let _ = redis.query::<i64>(redis::cmd("DECR").arg(k)).await;
+                            }
+                        });
+                    }
+                }))
+            }
+            Ok(1) => Err(LimitError::Global(self.max_total)),
+            Ok(_) => Err(LimitError::PerAddress(self.max_per_ip)),
+            Err(e) => {
+                tracing::error!(error = %e, "counting pending sign-ins in Redis failed; using this node's limits");
+                self.local.try_acquire(ip)
+            }
+        }
+    }
+}

@@ -46,6 +46,7 @@ pub struct Metrics {
     tickets: Family<TicketLabels, Counter>,
     refused: Counter,
     session_seconds: Histogram,
+    cluster_sessions: Gauge,
 }
 
 impl Default for Metrics {
@@ -70,6 +71,7 @@ impl Metrics {
             tickets: Family::default(),
             refused: Counter::default(),
             session_seconds: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
+            cluster_sessions: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -192,6 +194,11 @@ impl Metrics {
             }
             Event::Enrolled { .. } | Event::Logout { .. } => {}
         }
+    }
+
+    /// Sets the number of sessions on all nodes.
+    pub fn set_cluster_sessions(&self, n: usize) {
+        self.cluster_sessions.set(n as i64);
     }
 
     /// The Prometheus text exposition.

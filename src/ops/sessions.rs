@@ -236,8 +236,13 @@ impl SessionRegistry {
         out
     }
 
-    /// Publishes this node's list now, on every change, and every 2 s, until `stop`.
-    pub fn spawn_heartbeat(self: &Arc<Self>, stop: CancellationToken) {
+    /// Publishes this node's list now, on every change, and every 2 s, until `stop`;
+    /// `on_total` gets the number of sessions on all nodes after each publish.
+    pub fn spawn_heartbeat(
+        self: &Arc<Self>,
+        stop: CancellationToken,
+        on_total: impl Fn(usize) + Send + 'static,
+    ) {
         let Some(dir) = self.directory.get().cloned() else {
             return;
         };
@@ -251,7 +256,11 @@ impl SessionRegistry {
                         failing = false;
                         tracing::info!("session directory reachable again");
                     }
-                    Ok(()) => {}
+                    Ok(()) => {
+                        if let Ok(all) = dir.all().await {
+                            on_total(all.len());
+                        }
+                    }
                     Err(e) if !failing => {
                         failing = true;
                         tracing::error!(error = %e, "publishing sessions to the shared directory failed");

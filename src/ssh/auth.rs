@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use russh::keys::ssh_key::{HashAlg, PublicKey};
 
-use crate::identity::limits::{PendingLimiter, PendingPermit};
+use crate::identity::limits::{PendingPermit, PendingSlots};
 use crate::identity::store::EnrollmentStore;
 use crate::identity::{Identity, KeyRegistry, Pending, ProvenKey};
 
@@ -54,7 +54,7 @@ pub struct Authenticator {
     registry: Arc<KeyRegistry>,
     enrollments: Arc<dyn EnrollmentStore>,
     /// Present when device sign-in is configured.
-    limiter: Option<Arc<PendingLimiter>>,
+    limiter: Option<Arc<dyn PendingSlots>>,
     remote: Option<IpAddr>,
     proven: Option<ProvenKey>,
     /// Unknown keys already proven: offering them again is refused at once, so a client that
@@ -69,7 +69,7 @@ impl Authenticator {
     pub fn new(
         registry: Arc<KeyRegistry>,
         enrollments: Arc<dyn EnrollmentStore>,
-        limiter: Option<Arc<PendingLimiter>>,
+        limiter: Option<Arc<dyn PendingSlots>>,
         remote: Option<IpAddr>,
     ) -> Authenticator {
         Authenticator {
@@ -158,7 +158,7 @@ impl Authenticator {
 
     /// keyboard-interactive: `responded` is false for the first request, true for the answer to
     /// our zero-prompt round.
-    pub fn keyboard_interactive(&mut self, responded: bool) -> KbdDecision {
+    pub async fn keyboard_interactive(&mut self, responded: bool) -> KbdDecision {
         if self.done() {
             return KbdDecision::Reject("already authenticated".into());
         }
@@ -167,7 +167,7 @@ impl Authenticator {
         };
         if !responded {
             if self.permit.is_none() {
-                match limiter.try_acquire(self.remote) {
+                match limiter.acquire(self.remote).await {
                     Ok(p) => self.permit = Some(p),
                     Err(e) => return KbdDecision::Reject(e.to_string()),
                 }
@@ -212,7 +212,9 @@ mod tests {
         std::fs::write(users.join("alice.keys"), K2).unwrap();
         let reg = KeyRegistry::open(&users).unwrap();
         let store = Arc::new(FileEnrollmentStore::open(&dir.join("state")).unwrap());
-        let limiter = device.then(|| Arc::new(PendingLimiter::new(10, 1)));
+        let limiter = device.then(|| {
+            Arc::new(crate::identity::limits::PendingLimiter::new(10, 1)) as Arc<dyn PendingSlots>
+        });
         Authenticator::new(reg, store, limiter, Some("127.0.0.1".parse().unwrap()))
     }
 
@@ -237,8 +239,8 @@ mod tests {
         let mut a = auth(dir.path(), true);
         // Offered but never signed: must not become the proven key.
         assert!(a.offered(&key(K1)).await.is_ok());
-        assert_eq!(a.keyboard_interactive(false), KbdDecision::Prompt);
-        assert_eq!(a.keyboard_interactive(true), KbdDecision::Accept);
+        assert_eq!(a.keyboard_interactive(false).await, KbdDecision::Prompt);
+        assert_eq!(a.keyboard_interactive(true).await, KbdDecision::Accept);
         match a.take_principal() {
             Some(Principal::Pending(p)) => assert!(p.proven_key.is_none()),
             other => panic!("{other:?}"),
@@ -250,15 +252,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut a = auth(dir.path(), true);
         let mut b = auth(dir.path(), true);
-        assert_eq!(a.keyboard_interactive(false), KbdDecision::Prompt);
+        assert_eq!(a.keyboard_interactive(false).await, KbdDecision::Prompt);
         // Different limiter instance per `auth()`: share one to test the cap.
-        let shared = Arc::new(PendingLimiter::new(10, 1));
+        let shared: Arc<dyn PendingSlots> =
+            Arc::new(crate::identity::limits::PendingLimiter::new(10, 1));
         a.limiter = Some(shared.clone());
         b.limiter = Some(shared);
         a.permit = None;
-        assert_eq!(a.keyboard_interactive(false), KbdDecision::Prompt);
+        assert_eq!(a.keyboard_interactive(false).await, KbdDecision::Prompt);
         assert!(matches!(
-            b.keyboard_interactive(false),
+            b.keyboard_interactive(false).await,
             KbdDecision::Reject(_)
         ));
     }
@@ -269,7 +272,7 @@ mod tests {
         let mut a = auth(dir.path(), false);
         assert!(a.offered(&key(K1)).await.is_err());
         assert!(matches!(
-            a.keyboard_interactive(false),
+            a.keyboard_interactive(false).await,
             KbdDecision::Reject(_)
         ));
     }

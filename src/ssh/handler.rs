@@ -153,7 +153,7 @@ impl russh::server::Handler for ConnectionHandler {
         response: Option<russh::server::Response<'a>>,
     ) -> Result<Auth, Self::Error> {
         self.progress.attempt();
-        match self.auth.keyboard_interactive(response.is_some()) {
+        match self.auth.keyboard_interactive(response.is_some()).await {
             KbdDecision::Prompt => Ok(Auth::Partial {
                 name: "".into(),
                 // Shown only at LogLevel INFO and ASCII-only in OpenSSH; the real sign-in

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{EnvPattern, ExecPolicy};
-use crate::identity::limits::PendingLimiter;
 use crate::identity::oidc::Oidc;
 use crate::identity::store::EnrollmentStore;
 use crate::identity::tickets::TicketStore;
@@ -58,7 +57,7 @@ pub struct SshContext {
     /// Device sign-in, when `[oidc]` is configured.
     pub oidc: Option<Arc<Oidc>>,
     /// Caps on connections waiting to sign in (present with `oidc`).
-    pub limiter: Option<Arc<PendingLimiter>>,
+    pub limiter: Option<Arc<dyn crate::identity::limits::PendingSlots>>,
     /// How long a key proven during a sign-in stays bound (zero: never bound).
     pub enroll_ttl: Duration,
     /// A pending connection is closed after this long.
