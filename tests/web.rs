@@ -112,6 +112,11 @@ fn open_ws(w: &Web, query: &str, origin: &str) -> Result<Ws, u16> {
 
 /// Reads terminal output until it contains `needle`.
 fn read_until(ws: &mut Ws, needle: &str) -> String {
+    read_until_with(ws, |s| s.contains(needle))
+}
+
+/// Reads terminal output until `done` says so (or the time limit).
+fn read_until_with(ws: &mut Ws, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + T;
     let mut seen = Vec::new();
     while Instant::now() < deadline {
@@ -127,7 +132,7 @@ fn read_until(ws: &mut Ws, needle: &str) -> String {
                 ) => {}
             Err(_) => break,
         }
-        if text(&seen).contains(needle) {
+        if done(&text(&seen)) {
             break;
         }
     }
@@ -198,11 +203,17 @@ fn browser_login_ticket_and_websocket_terminal_know_the_user() {
 
     // Closing the socket ends the program's whole process group.
     type_line(&mut ws, "echo PGID=$$");
-    let out = read_until(&mut ws, "PGID=");
+    // The terminal echoes the typed line first ("PGID=$$"); wait for the digits.
+    let has_digits = |s: &str| {
+        s.split("PGID=")
+            .skip(1)
+            .any(|p| p.starts_with(|c: char| c.is_ascii_digit()))
+    };
+    let out = read_until_with(&mut ws, has_digits);
     let pgid: i32 = out
         .split("PGID=")
-        .last()
-        .unwrap()
+        .find(|p| p.starts_with(|c: char| c.is_ascii_digit()))
+        .unwrap_or_else(|| panic!("{out}"))
         .chars()
         .take_while(|c| c.is_ascii_digit())
         .collect::<String>()
