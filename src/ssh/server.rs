@@ -117,7 +117,7 @@ impl SshServer {
                     // The grace time starts at accept: a client that never even sends its version
                     // line is dropped too (russh waits for it inside run_stream).
                     let deadline = tokio::time::Instant::now() + login_grace;
-                    let started = tokio::time::timeout_at(deadline, russh::server::run_stream(config, socket, handler)).await;
+                    let started = tokio::time::timeout_at(deadline, russh::server::run_stream(config, super::quickack::QuickAck(socket), handler)).await;
                     if started.is_err() {
                         tracing::info!("login grace time over before the handshake; disconnecting");
                     }

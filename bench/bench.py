@@ -1,0 +1,495 @@
+#!/usr/bin/env python3
+"""Benchmark harness: hermes-ssh-gateway vs OpenSSH's sshd, side by side (see bench/run.sh).
+
+Both servers run the same programs through /bin/sh: the gateway with `exec = "args"` and the
+command `sh -c 'eval "$*"'`, sshd with an authorized_keys `command="/bin/sh -c ..."`. Every
+figure is measured with the real OpenSSH client, alternating gateway and sshd runs.
+"""
+import argparse
+import json
+import os
+import pty
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GATEWAY = os.path.join(ROOT, "target", "release", "hermes-ssh-gateway")
+SSHD = "/usr/sbin/sshd"
+
+procs = []
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, timeout=20):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def start(cmd, **kw):
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    procs.append(p)
+    return p
+
+
+def stop_all():
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def pct(values, q):
+    v = sorted(values)
+    if not v:
+        return float("nan")
+    return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
+
+
+class Target:
+    def __init__(self, name, port, pid_fn, extra_ssh=()):
+        self.name, self.port, self.pid_fn, self.extra = name, port, pid_fn, list(extra_ssh)
+
+    def ssh(self, key, *args, tty=False):
+        base = ["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR", "-i", key,
+                "-p", str(self.port)] + self.extra
+        base += ["-tt"] if tty else ["-T"]
+        return base + ["root@127.0.0.1"] + list(args)
+
+
+def server_pids(target):
+    return target.pid_fn()
+
+
+def tree_pids(root):
+    """root and all its descendants (for sshd's per-session processes)."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+            children.setdefault(int(rest[1]), []).append(int(d))
+        except (OSError, IndexError):
+            pass
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def mem_kb(pids, field):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/smaps_rollup" if field == "Pss" else f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith(field + ":"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    # utime stime cutime cstime: children's time counts once they are reaped (sshd sessions).
+    ticks = sum(int(x) for x in rest[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def timed(cmd, **kw):
+    t = time.perf_counter()
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+    dt = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(f"failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr.decode(errors='replace')}")
+    return dt
+
+
+def connect_latency(t, key, n):
+    return [timed(t.ssh(key, "true")) * 1000 for _ in range(n)]
+
+
+def pty_throughput(t, key, mb):
+    cmd = t.ssh(key, f"head -c {mb * 1000000} /dev/zero | base64", tty=True)
+    out_bytes = (mb * 1000000 + 2) // 3 * 4
+    out_bytes += out_bytes // 76  # base64's newlines, which the PTY turns into CRLF (same for both)
+    return out_bytes / timed(cmd, stdin=subprocess.DEVNULL) / 1e6
+
+
+def kernel_pty(mb):
+    cmd = ["script", "-qc", f"head -c {mb * 1000000} /dev/zero | base64", "/dev/null"]
+    out_bytes = (mb * 1000000 + 2) // 3 * 4
+    out_bytes += out_bytes // 76
+    return out_bytes / timed(cmd, stdin=subprocess.DEVNULL) / 1e6
+
+
+def channel_throughput(t, key, mb):
+    pid = server_pids(t)[0]
+    before = cpu_seconds(pid)
+    dt = timed(t.ssh(key, f"head -c {mb * 1000000} /dev/zero"))
+    time.sleep(0.3)  # let sshd reap the session process so its CPU time is counted
+    cpu = cpu_seconds(pid) - before
+    return mb / dt, cpu / (mb / 1000)
+
+
+def echo_latency(t, key, n):
+    """Keystroke → echo through a PTY running cat (the terminal echoes, cat repeats)."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvp("ssh", t.ssh(key, "cat", tty=True))
+    lat = []
+    try:
+        buf = b""
+        end = time.time() + 15
+        # Wait until the remote side is ready: an initial round trip.
+        os.write(fd, b"R")
+        while b"R" not in buf and time.time() < end:
+            r, _, _ = select.select([fd], [], [], 0.5)
+            if r:
+                buf += os.read(fd, 4096)
+        time.sleep(0.3)
+        for i in range(n):
+            ch = bytes([97 + i % 26])
+            t0 = time.perf_counter()
+            os.write(fd, ch)
+            got = b""
+            while ch not in got:
+                r, _, _ = select.select([fd], [], [], 5)
+                if not r:
+                    raise SystemExit(f"{t.name}: no echo")
+                got += os.read(fd, 4096)
+            lat.append((time.perf_counter() - t0) * 1000)
+            if i % 50 == 49:
+                os.write(fd, b"\r")  # keep cat's line short
+                time.sleep(0.01)
+                try:
+                    os.read(fd, 4096)
+                except OSError:
+                    pass
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+        os.close(fd)
+    return lat
+
+
+def idle_sessions(t, key, n):
+    pids = tree_pids(server_pids(t)[0])
+    base_rss, base_pss = mem_kb(pids, "VmRSS"), mem_kb(pids, "Pss")
+    clients = []
+    for _ in range(n):
+        clients.append(subprocess.Popen(t.ssh(key, "sleep 600", tty=True), stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(0.002)
+    # Count sessions by their `sleep 600` programs.
+    deadline = time.time() + max(30, n / 10)
+    accepted = 0
+    while time.time() < deadline:
+        accepted = sum(1 for p in tree_pids(server_pids(t)[0]) if cmdline(p).startswith("sleep 600"))
+        if accepted >= n or all(c.poll() is not None for c in clients):
+            break
+        time.sleep(0.5)
+    time.sleep(1)
+    pids = tree_pids(server_pids(t)[0])
+    rss = mem_kb(pids, "VmRSS") - base_rss
+    pss = mem_kb([p for p in pids if not cmdline(p).startswith("sleep")], "Pss") - base_pss
+    rss_server = mem_kb([p for p in pids if not cmdline(p).startswith("sleep")], "VmRSS") - base_rss
+    for c in clients:
+        c.terminate()
+    for c in clients:
+        try:
+            c.wait(10)
+        except subprocess.TimeoutExpired:
+            c.kill()
+    time.sleep(2)
+    return accepted, rss_server / max(accepted, 1), pss / max(accepted, 1)
+
+
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def device_flow(tmp, quick):
+    """Approval → program running, with the test IdP (interval 1 s)."""
+    idp_dir = os.path.join(ROOT, "tests", "idp")
+    if not shutil.which("node"):
+        return None
+    if not os.path.exists(os.path.join(idp_dir, "node_modules", "oidc-provider")):
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=idp_dir, check=True)
+    idp = subprocess.Popen(["node", "server.mjs"], cwd=idp_dir, stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, env={**os.environ, "INTERVAL": "1"})
+    procs.append(idp)
+    issuer = None
+    while issuer is None:
+        line = idp.stdout.readline().decode()
+        if not line:
+            return None
+        try:
+            issuer = json.loads(line)["issuer"]
+        except (ValueError, KeyError):
+            pass
+    d = os.path.join(tmp, "gw-device")
+    os.makedirs(d)
+    port = free_port()
+    with open(os.path.join(d, "gateway.toml"), "w") as f:
+        f.write(f'[ssh]\nlisten = "127.0.0.1:{port}"\n[session]\ncommand = ["/bin/echo", "PROGRAM-RUNNING"]\n'
+                f'[oidc]\nissuer = "{issuer}"\nclient_id = "hermes-gateway"\nscopes = ["openid", "email"]\n'
+                f'enroll_ttl = "0s"\n')
+    gw = start([GATEWAY, "--config", os.path.join(d, "gateway.toml")])
+    wait_port(port)
+    time.sleep(1.5)  # discovery
+    key = os.path.join(tmp, "devkey")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
+    import http.cookiejar
+    import re
+    import urllib.parse
+    import urllib.request
+    results = []
+    for _ in range(2 if quick else 5):
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.execvp("ssh", ["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o",
+                              "UserKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes", "-i", key,
+                              "-p", str(port), "127.0.0.1"])
+        out = b""
+        end = time.time() + 20
+        m = None
+        while time.time() < end and not m:
+            r, _, _ = select.select([fd], [], [], 0.5)
+            if r:
+                out += os.read(fd, 65536)
+            m = re.search(rb"(http://127\.0\.0\.1:\d+/device\?user_code=[A-Z]{4}-[A-Z]{4})", out)
+        uri = m.group(1).decode()
+        jar = http.cookiejar.CookieJar()
+        op = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        page = op.open(uri).read().decode()
+        xsrf = re.search(r'name="xsrf" value="([^"]+)"', page).group(1)
+        code = uri.split("user_code=")[1]
+        r = op.open(f"{issuer}/device", urllib.parse.urlencode(
+            {"xsrf": xsrf, "user_code": code, "confirm": "yes"}).encode())
+        interaction = r.geturl()
+        op.open(interaction + "/login", urllib.parse.urlencode({"login": "alice"}).encode()).read()
+        approved = time.perf_counter()
+        while b"PROGRAM-RUNNING" not in out:
+            r, _, _ = select.select([fd], [], [], 5)
+            if not r:
+                break
+            try:
+                out += os.read(fd, 65536)
+            except OSError:
+                break
+        results.append((time.perf_counter() - approved) * 1000)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+        os.close(fd)
+    gw.terminate()
+    idp.terminate()
+    return results
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="small N: checks the harness, not the numbers")
+    ap.add_argument("--gateway", help="the gateway binary (default: target/release/hermes-ssh-gateway)")
+    args = ap.parse_args()
+    global GATEWAY
+    if args.gateway:
+        GATEWAY = args.gateway
+    q = args.quick
+    tmp = tempfile.mkdtemp(prefix="hermes-bench-")
+    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(), "quick": q,
+               "metrics": {}}
+    try:
+        run(tmp, q, results)
+    finally:
+        stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    out = os.environ.get("BENCH_OUT", os.path.join(ROOT, "bench", "results.json"))
+    with open(out, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"\nresults written to {out}")
+
+
+def machine():
+    cpus = os.cpu_count()
+    try:
+        with open("/proc/meminfo") as f:
+            mem = int(f.readline().split()[1]) // 1024 // 1024
+    except OSError:
+        mem = 0
+    return f"{cpus} cores, {mem} GiB, {os.uname().release}"
+
+
+def run(tmp, q, results):
+    key = os.path.join(tmp, "id")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
+    pub = open(key + ".pub").read().strip()
+
+    # The gateway: the key mapped to "bench"; exec words are run by /bin/sh.
+    gdir = os.path.join(tmp, "gw")
+    os.makedirs(os.path.join(gdir, "keys", "users"))
+    with open(os.path.join(gdir, "keys", "users", "bench.keys"), "w") as f:
+        f.write(pub + "\n")
+    gport = free_port()
+    with open(os.path.join(gdir, "gateway.toml"), "w") as f:
+        f.write(f'[ssh]\nlisten = "127.0.0.1:{gport}"\n'
+                '[session]\ncommand = ["/bin/sh", "-c", "eval \\"$*\\"", "sh"]\nexec = "args"\n'
+                '[limits]\nmax_connections = 5000\nmax_sessions_per_user = 0\n[logging]\nlevel = "warn"\n')
+    gw = start([GATEWAY, "--config", os.path.join(gdir, "gateway.toml")])
+
+    # A private sshd: its own host key, publickey only, no PAM, the same program through /bin/sh.
+    sdir = os.path.join(tmp, "sshd")
+    os.makedirs(sdir)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", os.path.join(sdir, "host")], check=True)
+    with open(os.path.join(sdir, "authorized_keys"), "w") as f:
+        f.write(f'command="/bin/sh -c \\"$SSH_ORIGINAL_COMMAND\\"",environment="SHLVL=1" {pub}\n')
+    os.chmod(os.path.join(sdir, "authorized_keys"), 0o600)
+    sport = free_port()
+    with open(os.path.join(sdir, "sshd_config"), "w") as f:
+        f.write(f"Port {sport}\nListenAddress 127.0.0.1\nHostKey {sdir}/host\nPidFile {sdir}/sshd.pid\n"
+                f"AuthorizedKeysFile {sdir}/authorized_keys\nUsePAM no\nPasswordAuthentication no\n"
+                "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin yes\n"
+                "StrictModes no\nPermitUserEnvironment yes\nMaxStartups 2000:30:3000\nMaxSessions 10\n"
+                "UseDNS no\nPrintMotd no\nPrintLastLog no\n")
+    os.makedirs("/run/sshd", exist_ok=True)
+    sshd = start([SSHD, "-D", "-f", os.path.join(sdir, "sshd_config")])
+    wait_port(gport)
+    wait_port(sport)
+
+    g = Target("gateway", gport, lambda: [gw.pid])
+    s = Target("sshd", sport, lambda: [sshd.pid])
+    s25519 = Target("sshd-curve25519", sport, lambda: [sshd.pid], ["-o", "KexAlgorithms=curve25519-sha256"])
+    g25519 = Target("gateway", gport, lambda: [gw.pid], ["-o", "KexAlgorithms=curve25519-sha256"])
+    m = results["metrics"]
+
+    def record(name, unit, values, better):
+        m.setdefault(name, {"unit": unit, "better": better})
+        for k, v in values.items():
+            m[name][k] = v
+
+    n = 8 if q else 50
+    lat = {"gateway": [], "sshd": [], "sshd-curve25519": []}
+    for _ in range(n):  # interleaved
+        lat["gateway"] += connect_latency(g25519, key, 1)
+        lat["sshd"] += connect_latency(s, key, 1)
+        lat["sshd-curve25519"] += connect_latency(s25519, key, 1)
+    record("connect + auth + true", "ms", {k: summarize(v) for k, v in lat.items()}, "lower")
+
+    mb = 20 if q else 200
+    reps = 1 if q else 3
+    thr = {"gateway": [], "sshd": [], "kernel PTY (script)": []}
+    for _ in range(reps):
+        thr["gateway"].append(pty_throughput(g, key, mb))
+        thr["sshd"].append(pty_throughput(s, key, mb))
+        thr["kernel PTY (script)"].append(kernel_pty(mb))
+    record(f"PTY throughput ({mb} MB base64)", "MB/s", {k: summarize(v) for k, v in thr.items()}, "higher")
+
+    gb = 100 if q else 1000
+    ch = {"gateway": [], "sshd": []}
+    cpu = {"gateway": [], "sshd": []}
+    for _ in range(reps):
+        for t in (g, s):
+            r, c = channel_throughput(t, key, gb)
+            ch[t.name].append(r)
+            cpu[t.name].append(c)
+    record(f"channel throughput, no PTY ({gb} MB)", "MB/s", {k: summarize(v) for k, v in ch.items()}, "higher")
+    record("server CPU per GB", "s/GB", {k: summarize(v) for k, v in cpu.items()}, "lower")
+
+    keys = 40 if q else 1000
+    echo = {"gateway": echo_latency(g, key, keys), "sshd": echo_latency(s, key, keys)}
+    record(f"keystroke echo ({keys} keys)", "ms",
+           {k: {"median": pct(v, 0.5), "p95": pct(v, 0.95), "p99": pct(v, 0.99), "n": len(v)} for k, v in echo.items()},
+           "lower")
+
+    for count in ([10] if q else [100, 1000]):
+        idle = {}
+        for t in (g, s):
+            accepted, rss, pss = idle_sessions(t, key, count)
+            idle[t.name] = {"accepted": accepted, "rss_kb_per_session": round(rss, 1),
+                            "pss_kb_per_session": round(pss, 1)}
+        record(f"{count} idle PTY sessions", "KB/session", idle, "lower")
+
+    dev = device_flow(tmp, q)
+    if dev:
+        record("device flow: approval → program running (interval 1 s)", "ms", {"gateway": summarize(dev)}, "lower")
+
+    print_table(results)
+
+
+def summarize(v):
+    return {"median": round(statistics.median(v), 3), "p95": round(pct(v, 0.95), 3), "n": len(v)}
+
+
+def print_table(results):
+    print(f"\nhermes-ssh-gateway vs OpenSSH sshd — {results['date']} — {results['machine']}"
+          + (" — QUICK (harness check only)" if results["quick"] else ""))
+    print()
+    print("| measure | gateway | sshd | gateway/sshd |")
+    print("|---|---|---|---|")
+    for name, d in results["metrics"].items():
+        unit = d["unit"]
+        gv, sv = d.get("gateway"), d.get("sshd")
+
+        def fmt(x):
+            if x is None:
+                return "—"
+            if "accepted" in x:
+                return f"{x['rss_kb_per_session']} KB RSS, {x['pss_kb_per_session']} KB PSS, {x['accepted']} accepted"
+            extra = f", p99 {x['p99']:.2f}" if "p99" in x else ""
+            return f"{x['median']:.2f} (p95 {x['p95']:.2f}{extra}) {unit}"
+
+        ratio = "—"
+        if gv and sv:
+            key = "rss_kb_per_session" if "accepted" in gv else "median"
+            if sv[key]:
+                ratio = f"{gv[key] / sv[key]:.2f}"
+        print(f"| {name} | {fmt(gv)} | {fmt(sv)} | {ratio} |")
+        for other in d:
+            if other not in ("unit", "better", "gateway", "sshd"):
+                print(f"| {name}: {other} | | {fmt(d[other])} | "
+                      + (f"{gv['median'] / d[other]['median']:.2f}" if gv and 'median' in gv and d[other].get('median') else "—") + " |")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        stop_all()
+        sys.exit(130)
