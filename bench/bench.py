@@ -203,8 +203,13 @@ def echo_latency(t, key, n):
     return lat
 
 
+def is_server(pid):
+    c = cmdline(pid)
+    return c.startswith("sshd") or c.startswith(SSHD) or "hermes-ssh-gateway" in c.split(" ")[0]
+
+
 def idle_sessions(t, key, n):
-    pids = tree_pids(server_pids(t)[0])
+    pids = [p for p in tree_pids(server_pids(t)[0]) if is_server(p)]
     base_rss, base_pss = mem_kb(pids, "VmRSS"), mem_kb(pids, "Pss")
     clients = []
     for _ in range(n):
@@ -220,10 +225,11 @@ def idle_sessions(t, key, n):
             break
         time.sleep(0.5)
     time.sleep(1)
-    pids = tree_pids(server_pids(t)[0])
-    rss = mem_kb(pids, "VmRSS") - base_rss
-    pss = mem_kb([p for p in pids if not cmdline(p).startswith("sleep")], "Pss") - base_pss
-    rss_server = mem_kb([p for p in pids if not cmdline(p).startswith("sleep")], "VmRSS") - base_rss
+    # The server's own processes only (sshd's per-session processes count; the programs and
+    # their shells do not, for either server).
+    pids = [p for p in tree_pids(server_pids(t)[0]) if is_server(p)]
+    rss_server = mem_kb(pids, "VmRSS") - base_rss
+    pss = mem_kb(pids, "Pss") - base_pss
     for c in clients:
         c.terminate()
     for c in clients:

@@ -25,6 +25,13 @@ need node && need npm || apt_install nodejs npm
 # A real Redis for the multi-node tests (started privately by the tests on loopback ports).
 need redis-server || apt_install redis-server
 
+# OpenSSH's sshd for the benchmark harness check (bench/run.sh compares against it). The
+# package starts a system sshd on port 22; the harness runs its own, so stop that one.
+if [ ! -x /usr/sbin/sshd ]; then
+  apt_install openssh-server
+  (systemctl stop ssh || service ssh stop || true) >/dev/null 2>&1
+fi
+
 # Debian's Chromium for the browser test (playwright-core drives it; it downloads no browser).
 [ -x /usr/bin/chromium ] || apt_install chromium
 
