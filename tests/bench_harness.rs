@@ -21,7 +21,10 @@ fn the_harness_runs_and_prints_a_well_formed_table() {
     let out = run(cmd, Duration::from_secs(400));
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    assert!(stdout.contains("| measure | gateway | sshd | gateway/sshd |"), "{stdout}");
+    assert!(
+        stdout.contains("| measure | gateway | sshd | gateway/sshd |"),
+        "{stdout}"
+    );
     for row in [
         "| connect + auth + true |",
         "| PTY throughput",
@@ -46,6 +49,9 @@ fn the_harness_runs_and_prints_a_well_formed_table() {
     let idle = &v["metrics"]["10 idle PTY sessions"];
     assert_eq!(idle["gateway"]["accepted"], 10);
     // Every process the harness started is gone.
-    let leftover = Command::new("pgrep").args(["-f", "hermes-bench-"]).output().unwrap();
+    let leftover = Command::new("pgrep")
+        .args(["-f", "hermes-bench-"])
+        .output()
+        .unwrap();
     assert!(leftover.stdout.is_empty(), "{}", text(&leftover.stdout));
 }
