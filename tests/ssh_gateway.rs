@@ -462,8 +462,9 @@ fn forwarding_agent_x11_and_sftp_are_refused_and_logged() {
 
 #[test]
 fn several_sessions_per_connection_and_many_connections_at_once() {
+    // No per-user session limit here: 24 sessions of one user overlap.
     let (tmp, gw, key) = setup(
-        "[session]\ncommand = [\"/bin/sh\", \"-c\", \"echo hi $HERMES_DASHBOARD_USER_ID\"]\n",
+        "[session]\ncommand = [\"/bin/sh\", \"-c\", \"echo hi $HERMES_DASHBOARD_USER_ID\"]\n[limits]\nmax_sessions_per_user = 0\n",
     );
     // One connection, several sessions: OpenSSH multiplexing over a control master.
     let ctl = tmp.path().join("ctl");
