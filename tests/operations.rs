@@ -123,12 +123,7 @@ fn repeated_failures_ban_the_address_without_any_handshake() {
 fn idle_sessions_are_warned_then_ended() {
     let (_tmp, gw, key) =
         setup("[session]\ncommand = [\"/bin/sh\"]\n[limits]\nidle_timeout = \"3s\"\n");
-    let mut args = ssh_base_args(gw.port);
-    args.extend([
-        "-i".into(),
-        key.private.display().to_string(),
-        "127.0.0.1".into(),
-    ]);
+    let args = gw.pty_args(&key);
     let mut c = PtyClient::spawn(&args, 100, 30);
     c.send("echo typed\r");
     assert!(c.expect("typed", T));
@@ -164,12 +159,7 @@ fn sigterm_drains_tells_sessions_ends_programs_and_exits_zero() {
 fn sigterm_warns_interactive_users_in_one_line() {
     let (_tmp, gw, key) =
         setup("[session]\ncommand = [\"/bin/sh\"]\n[limits]\ndrain_timeout = \"2s\"\n");
-    let mut args = ssh_base_args(gw.port);
-    args.extend([
-        "-i".into(),
-        key.private.display().to_string(),
-        "127.0.0.1".into(),
-    ]);
+    let args = gw.pty_args(&key);
     let mut c = PtyClient::spawn(&args, 100, 30);
     c.send("echo ready\r");
     assert!(c.expect("ready", T));
@@ -312,12 +302,7 @@ fn sessions_are_recorded_as_asciicast_v2() {
     );
     gw.set_keys("alice", &key.public_line);
     assert!(gw.wait_log("users=1", T).is_some());
-    let mut args = ssh_base_args(gw.port);
-    args.extend([
-        "-i".into(),
-        key.private.display().to_string(),
-        "127.0.0.1".into(),
-    ]);
+    let args = gw.pty_args(&key);
     let mut c = PtyClient::spawn(&args, 90, 25);
     c.send("echo RECORD-ME-$((6*7))\r");
     assert!(c.expect("RECORD-ME-42", T));

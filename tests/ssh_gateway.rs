@@ -300,12 +300,7 @@ fn user_ids_that_could_escape_a_directory_are_rejected() {
 #[test]
 fn window_changes_reach_the_program_and_stty_sees_them() {
     let (_tmp, gw, key) = setup("[session]\ncommand = [\"/bin/sh\"]\n");
-    let mut args = ssh_base_args(gw.port);
-    args.extend([
-        "-i".into(),
-        key.private.display().to_string(),
-        "127.0.0.1".into(),
-    ]);
+    let args = gw.pty_args(&key);
     let mut c = PtyClient::spawn(&args, 100, 30);
     c.send("stty size; echo ID=$HERMES_DASHBOARD_USER_ID TERM=$TERM\r");
     assert!(c.expect("30 100", T), "initial size: {}", c.output());
@@ -516,12 +511,7 @@ fn a_missing_program_shows_an_explanation_screen_not_a_silent_disconnect() {
         "operator warned at start: {}",
         gw.log()
     );
-    let mut args = ssh_base_args(gw.port);
-    args.extend([
-        "-i".into(),
-        key.private.display().to_string(),
-        "127.0.0.1".into(),
-    ]);
+    let args = gw.pty_args(&key);
     let mut c = PtyClient::spawn(&args, 120, 30);
     assert!(c.expect_screen("could not be started", T), "{}", c.screen());
     for needle in [
@@ -557,12 +547,7 @@ fn demo_tui_shows_identity_and_redraws_on_resize() {
         "[session]\ncommand = [\"{BIN}\", \"demo-tui\"]\nidentity_env = [\"HERMES_SESSION_USER_ID\"]\n"
     );
     let (_tmp, gw, key) = setup(&extra);
-    let mut args = ssh_base_args(gw.port);
-    args.extend([
-        "-i".into(),
-        key.private.display().to_string(),
-        "127.0.0.1".into(),
-    ]);
+    let args = gw.pty_args(&key);
     let mut c = PtyClient::spawn(&args, 90, 28);
     assert!(c.expect_screen("90x28", T), "{}", c.screen());
     let screen = c.screen();

@@ -177,6 +177,17 @@ impl Gateway {
         .unwrap();
     }
 
+    /// Arguments for an interactive `ssh` (run in a [`PtyClient`]) to this gateway with `key`.
+    pub fn pty_args(&self, key: &Keypair) -> Vec<String> {
+        let mut args = ssh_base_args(self.port);
+        args.extend([
+            "-i".into(),
+            key.private.display().to_string(),
+            "127.0.0.1".into(),
+        ]);
+        args
+    }
+
     /// SIGTERM, then wait for exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
