@@ -24,6 +24,11 @@ GATEWAY = os.path.join(ROOT, "target", "release", "hermes-ssh-gateway")
 SSHD = "/usr/sbin/sshd"
 
 procs = []
+ONLY = set()
+
+
+def want(group):
+    return not ONLY or group in ONLY
 
 
 def free_port():
@@ -334,8 +339,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small N: checks the harness, not the numbers")
     ap.add_argument("--gateway", help="the gateway binary (default: target/release/hermes-ssh-gateway)")
+    ap.add_argument("--only", action="append", default=[],
+                    help="measure only these groups: connect, pty, channel, echo, idle, device")
     args = ap.parse_args()
-    global GATEWAY
+    global GATEWAY, ONLY
+    ONLY = set(args.only)
     if args.gateway:
         GATEWAY = args.gateway
     q = args.quick
@@ -411,6 +419,35 @@ def run(tmp, q, results):
             m[name][k] = v
 
     n = 8 if q else 50
+    if want("connect"):
+        measure_connect(g25519, s, s25519, key, n, record)
+    if want("pty"):
+        measure_pty(g, s, key, q, record)
+    if want("channel"):
+        measure_channel(g, s, key, q, record)
+    if want("echo"):
+        keys = 40 if q else 1000
+        echo = {"gateway": echo_latency(g, key, keys), "sshd": echo_latency(s, key, keys)}
+        record(f"keystroke echo ({keys} keys)", "ms",
+               {k: {"median": pct(v, 0.5), "p95": pct(v, 0.95), "p99": pct(v, 0.99), "n": len(v)}
+                for k, v in echo.items()}, "lower")
+    if want("idle"):
+        for count in ([10] if q else [100, 1000]):
+            idle = {}
+            for t in (g, s):
+                accepted, rss, pss = idle_sessions(t, key, count)
+                idle[t.name] = {"accepted": accepted, "rss_kb_per_session": round(rss, 1),
+                                "pss_kb_per_session": round(pss, 1)}
+            record(f"{count} idle PTY sessions", "KB/session", idle, "lower")
+    if want("device"):
+        dev = device_flow(tmp, q)
+        if dev:
+            record("device flow: approval → program running (interval 1 s)", "ms",
+                   {"gateway": summarize(dev)}, "lower")
+    print_table(results)
+
+
+def measure_connect(g25519, s, s25519, key, n, record):
     lat = {"gateway": [], "sshd": [], "sshd-curve25519": []}
     for _ in range(n):  # interleaved
         lat["gateway"] += connect_latency(g25519, key, 1)
@@ -418,6 +455,8 @@ def run(tmp, q, results):
         lat["sshd-curve25519"] += connect_latency(s25519, key, 1)
     record("connect + auth + true", "ms", {k: summarize(v) for k, v in lat.items()}, "lower")
 
+
+def measure_pty(g, s, key, q, record):
     mb = 20 if q else 200
     reps = 1 if q else 3
     thr = {"gateway": [], "sshd": [], "kernel PTY (script)": []}
@@ -427,7 +466,10 @@ def run(tmp, q, results):
         thr["kernel PTY (script)"].append(kernel_pty(mb))
     record(f"PTY throughput ({mb} MB base64)", "MB/s", {k: summarize(v) for k, v in thr.items()}, "higher")
 
+
+def measure_channel(g, s, key, q, record):
     gb = 100 if q else 1000
+    reps = 1 if q else 3
     ch = {"gateway": [], "sshd": []}
     cpu = {"gateway": [], "sshd": []}
     for _ in range(reps):
@@ -437,26 +479,6 @@ def run(tmp, q, results):
             cpu[t.name].append(c)
     record(f"channel throughput, no PTY ({gb} MB)", "MB/s", {k: summarize(v) for k, v in ch.items()}, "higher")
     record("server CPU per GB", "s/GB", {k: summarize(v) for k, v in cpu.items()}, "lower")
-
-    keys = 40 if q else 1000
-    echo = {"gateway": echo_latency(g, key, keys), "sshd": echo_latency(s, key, keys)}
-    record(f"keystroke echo ({keys} keys)", "ms",
-           {k: {"median": pct(v, 0.5), "p95": pct(v, 0.95), "p99": pct(v, 0.99), "n": len(v)} for k, v in echo.items()},
-           "lower")
-
-    for count in ([10] if q else [100, 1000]):
-        idle = {}
-        for t in (g, s):
-            accepted, rss, pss = idle_sessions(t, key, count)
-            idle[t.name] = {"accepted": accepted, "rss_kb_per_session": round(rss, 1),
-                            "pss_kb_per_session": round(pss, 1)}
-        record(f"{count} idle PTY sessions", "KB/session", idle, "lower")
-
-    dev = device_flow(tmp, q)
-    if dev:
-        record("device flow: approval → program running (interval 1 s)", "ms", {"gateway": summarize(dev)}, "lower")
-
-    print_table(results)
 
 
 def summarize(v):
