@@ -125,7 +125,7 @@ fn idle_sessions_are_warned_then_ended() {
         setup("[session]\ncommand = [\"/bin/sh\"]\n[limits]\nidle_timeout = \"3s\"\n");
     let args = gw.pty_args(&key);
     let mut c = PtyClient::spawn(&args, 100, 30);
-    c.send("echo typed\r");
+    c.send("echo ty''ped\r");
     assert!(c.expect("typed", T));
     assert!(
         c.expect("unless you type", T),
@@ -161,7 +161,9 @@ fn sigterm_warns_interactive_users_in_one_line() {
         setup("[session]\ncommand = [\"/bin/sh\"]\n[limits]\ndrain_timeout = \"2s\"\n");
     let args = gw.pty_args(&key);
     let mut c = PtyClient::spawn(&args, 100, 30);
-    c.send("echo ready\r");
+    // The quotes keep the token out of the echoed command line (the client's own terminal may
+    // echo it before ssh switches to raw mode): only the shell's output contains "ready".
+    c.send("echo rea''dy\r");
     assert!(c.expect("ready", T));
     let pid = gw.pid();
     nix::sys::signal::kill(
