@@ -12,6 +12,7 @@ pub mod config;
 pub mod identity;
 pub mod launcher;
 pub mod ops;
+pub mod periodic;
 pub mod ssh;
 pub mod tui;
 pub mod web;

@@ -310,15 +310,11 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
                 config.limits.ban_duration,
             ));
             let sweep = bans.clone();
-            let stop = background.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(60)) => sweep.sweep(),
-                    }
-                }
-            });
+            hermes_ssh_gateway::periodic::every(
+                Duration::from_secs(60),
+                background.clone(),
+                move || sweep.sweep(),
+            );
             bans
         }
     };

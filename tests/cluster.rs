@@ -48,14 +48,6 @@ fn link(n: &Node, key: &Keypair) -> String {
     text(&out.stdout).trim().to_owned()
 }
 
-fn browser() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .cookie_store(true)
-        .timeout(T)
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn tickets_limits_and_sessions_span_nodes() {
     let redis = RedisServer::start();

@@ -43,14 +43,6 @@ fn setup(extra_web: &str) -> Web {
     Web { tmp, idp, gw, url }
 }
 
-fn browser() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .cookie_store(true)
-        .timeout(T)
-        .build()
-        .unwrap()
-}
-
 /// Logs `user` in through the IdP, as a browser would (following every redirect).
 fn login(w: &Web, user: &str) -> reqwest::blocking::Client {
     let b = browser();

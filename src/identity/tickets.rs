@@ -114,14 +114,7 @@ impl MemoryTicketStore {
     /// Removes expired entries every `every` until `shutdown`.
     pub fn spawn_sweeper(self: &Arc<Self>, every: Duration, shutdown: CancellationToken) {
         let me = Arc::clone(self);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(every) => me.sweep(),
-                }
-            }
-        });
+        crate::periodic::every(every, shutdown, move || me.sweep());
     }
 
     /// Drops every expired entry now.

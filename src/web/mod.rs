@@ -103,14 +103,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let sessions = ctx.sessions.clone();
-    let sweeper_stop = shutdown.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = sweeper_stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(60)) => sessions.sweep(),
-            }
-        }
+    crate::periodic::every(Duration::from_secs(60), shutdown.clone(), move || {
+        sessions.sweep()
     });
     axum::serve(listener, router(ctx))
         .with_graceful_shutdown(shutdown.cancelled_owned())

@@ -102,27 +102,30 @@ impl Idp {
             .collect()
     }
 
-    fn browser() -> reqwest::blocking::Client {
-        reqwest::blocking::Client::builder()
-            .cookie_store(true)
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap()
-    }
-
-    /// What a person does with the URL: open it, confirm the code, log in as `user`.
-    pub fn approve(&self, verification_uri_complete: &str, user: &str) {
-        let b = Self::browser();
+    /// Opens the URL (it sets the session cookie the POST needs) and answers the confirmation
+    /// page with `decision` (`confirm` or `abort`).
+    fn submit_code(
+        &self,
+        verification_uri_complete: &str,
+        decision: &str,
+    ) -> (reqwest::blocking::Client, reqwest::blocking::Response) {
+        let b = super::browser();
         let (xsrf, code) = self.confirm_page(&b, verification_uri_complete);
         let r = b
             .post(format!("{}/device", self.issuer))
             .form(&[
                 ("xsrf", xsrf.as_str()),
                 ("user_code", code.as_str()),
-                ("confirm", "yes"),
+                (decision, "yes"),
             ])
             .send()
             .unwrap();
+        (b, r)
+    }
+
+    /// What a person does with the URL: open it, confirm the code, log in as `user`.
+    pub fn approve(&self, verification_uri_complete: &str, user: &str) {
+        let (b, r) = self.submit_code(verification_uri_complete, "confirm");
         let interaction = r.url().to_string();
         assert!(
             interaction.contains("/interaction/"),
@@ -143,17 +146,7 @@ impl Idp {
 
     /// Denies the request at the confirmation page.
     pub fn deny(&self, verification_uri_complete: &str) {
-        let b = Self::browser();
-        let (xsrf, code) = self.confirm_page(&b, verification_uri_complete);
-        let r = b
-            .post(format!("{}/device", self.issuer))
-            .form(&[
-                ("xsrf", xsrf.as_str()),
-                ("user_code", code.as_str()),
-                ("abort", "yes"),
-            ])
-            .send()
-            .unwrap();
+        let (_, r) = self.submit_code(verification_uri_complete, "abort");
         assert!(
             r.status().is_success() || r.status().is_redirection(),
             "{}",
