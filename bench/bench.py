@@ -25,6 +25,7 @@ SSHD = "/usr/sbin/sshd"
 
 procs = []
 ONLY = set()
+REPS = 0
 
 
 def want(group):
@@ -339,11 +340,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small N: checks the harness, not the numbers")
     ap.add_argument("--gateway", help="the gateway binary (default: target/release/hermes-ssh-gateway)")
+    ap.add_argument("--reps", type=int, default=0,
+                    help="repetitions of the throughput measures (default 3; 1 with --quick)")
     ap.add_argument("--only", action="append", default=[],
                     help="measure only these groups: connect, pty, channel, echo, idle, device")
     args = ap.parse_args()
-    global GATEWAY, ONLY
+    global GATEWAY, ONLY, REPS
     ONLY = set(args.only)
+    REPS = args.reps
     if args.gateway:
         GATEWAY = args.gateway
     q = args.quick
@@ -458,7 +462,7 @@ def measure_connect(g25519, s, s25519, key, n, record):
 
 def measure_pty(g, s, key, q, record):
     mb = 20 if q else 200
-    reps = 1 if q else 3
+    reps = REPS or (1 if q else 3)
     thr = {"gateway": [], "sshd": [], "kernel PTY (script)": []}
     for _ in range(reps):
         thr["gateway"].append(pty_throughput(g, key, mb))
@@ -469,7 +473,7 @@ def measure_pty(g, s, key, q, record):
 
 def measure_channel(g, s, key, q, record):
     gb = 100 if q else 1000
-    reps = 1 if q else 3
+    reps = REPS or (1 if q else 3)
     ch = {"gateway": [], "sshd": []}
     cpu = {"gateway": [], "sshd": []}
     for _ in range(reps):
