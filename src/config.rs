@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::identity::UserId;
+
 /// A configuration that could not be loaded, naming the file and, where known, the line.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -385,6 +387,136 @@ pub struct SessionConfig {
     /// How long the program has to exit after SIGHUP before its process group gets SIGKILL.
     #[serde(with = "humantime_serde")]
     pub kill_grace: Duration,
+    /// Run each user's program under its own Unix account named by this template
+    /// (e.g. `"hermes-{user_id}"`). Unset: the gateway's own account. Needs root (or
+    /// CAP_SETUID + CAP_SETGID).
+    pub run_as: Option<AccountTemplate>,
+    /// Fixed accounts for some users (user id → account name); checked before `run_as`.
+    pub accounts: BTreeMap<UserId, AccountName>,
+    /// Create a missing account on first login (system account, no password, no login shell,
+    /// home mode 0700). Needs root.
+    pub create_accounts: bool,
+    /// Where created accounts get their home directory (`<home_base>/<account>`).
+    pub home_base: PathBuf,
+    /// Per-session resource limits.
+    pub limits: ResourceLimits,
+}
+
+/// `[session.limits]`: what one session's program (with everything it starts) may use.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResourceLimits {
+    /// Memory, e.g. `"512MiB"`: the cgroup's `memory.max` when the gateway can create cgroups,
+    /// else `RLIMIT_AS` (address space, per process).
+    pub memory: Option<bytesize::ByteSize>,
+    /// Processes and threads: the cgroup's `pids.max` when available; `RLIMIT_NPROC` (which
+    /// counts all processes of the account, and is not enforced for root) otherwise.
+    pub processes: Option<u64>,
+    /// Open files per process (`RLIMIT_NOFILE`).
+    pub open_files: Option<u64>,
+    /// CPU time per process (`RLIMIT_CPU`; SIGXCPU, then SIGKILL a second later).
+    #[serde(with = "humantime_serde")]
+    pub cpu_time: Option<Duration>,
+    /// Use a cgroup per session when the gateway can create them (default true). `false` keeps
+    /// to rlimits, e.g. when another tool manages this host's cgroups.
+    pub cgroups: bool,
+}
+
+impl Default for ResourceLimits {
+    fn default() -> Self {
+        ResourceLimits {
+            memory: None,
+            processes: None,
+            open_files: None,
+            cpu_time: None,
+            cgroups: true,
+        }
+    }
+}
+
+impl ResourceLimits {
+    /// Whether any limit is set.
+    pub fn any(&self) -> bool {
+        self.memory.is_some()
+            || self.processes.is_some()
+            || self.open_files.is_some()
+            || self.cpu_time.is_some()
+    }
+}
+
+/// Longest account name `useradd` accepts.
+pub const MAX_ACCOUNT_NAME: usize = 32;
+
+/// Whether `s` is a portable Unix account name: `[a-z_][a-z0-9_.-]*`, at most 32 bytes, not
+/// all digits (it would read as a uid).
+pub fn is_account_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c))
+        && s.len() <= MAX_ACCOUNT_NAME
+}
+
+/// A Unix account name from the config (see [`is_account_name`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct AccountName(String);
+
+impl AccountName {
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for AccountName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if is_account_name(&s) {
+            Ok(AccountName(s))
+        } else {
+            Err(format!(
+                "{s:?} is not a valid account name (lower-case letters, digits, '_', '.', '-', starting with a letter or '_', at most {MAX_ACCOUNT_NAME} characters)"
+            ))
+        }
+    }
+}
+
+/// `run_as`: an account-name template that must contain `{user_id}` once, with a literal rest
+/// that is valid in an account name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct AccountTemplate(String);
+
+impl AccountTemplate {
+    /// The raw template.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The text before and after `{user_id}`.
+    pub fn parts(&self) -> (&str, &str) {
+        self.0
+            .split_once(USER_ID_PLACEHOLDER)
+            .unwrap_or((self.0.as_str(), ""))
+    }
+}
+
+impl TryFrom<String> for AccountTemplate {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.matches(USER_ID_PLACEHOLDER).count() != 1 {
+            return Err(format!(
+                "{s:?}: run_as must contain {USER_ID_PLACEHOLDER} exactly once (one account per user; use [session.accounts] for fixed names)"
+            ));
+        }
+        // The literal parts must themselves be valid where they stand.
+        let sample = s.replace(USER_ID_PLACEHOLDER, "u");
+        if !is_account_name(&sample) {
+            return Err(format!(
+                "{s:?}: outside {USER_ID_PLACEHOLDER}, an account name may hold only lower-case letters, digits, '_', '.', '-', and must start with a letter or '_'"
+            ));
+        }
+        Ok(AccountTemplate(s))
+    }
 }
 
 impl Default for SessionConfig {
@@ -398,6 +530,11 @@ impl Default for SessionConfig {
             workdir: None,
             exec: ExecPolicy::Refuse,
             kill_grace: Duration::from_secs(2),
+            run_as: None,
+            accounts: BTreeMap::new(),
+            create_accounts: false,
+            home_base: PathBuf::from("/home"),
+            limits: ResourceLimits::default(),
         }
     }
 }
@@ -601,6 +738,33 @@ impl Config {
                     "[oidc] max_pending, max_pending_per_ip: must be at least 1".into(),
                 ));
             }
+        }
+        if self.session.create_accounts
+            && self.session.run_as.is_none()
+            && self.session.accounts.is_empty()
+        {
+            return Err(invalid(
+                "[session] create_accounts: needs run_as or [session.accounts] (it creates the accounts they name)".into(),
+            ));
+        }
+        if !self.session.home_base.is_absolute() {
+            return Err(invalid(
+                "[session] home_base: must be an absolute path".into(),
+            ));
+        }
+        let l = &self.session.limits;
+        if l.memory.is_some_and(|m| m.as_u64() < 16 << 20) {
+            return Err(invalid(
+                "[session.limits] memory: at least 16MiB (no program starts with less)".into(),
+            ));
+        }
+        if l.processes == Some(0) || l.open_files.is_some_and(|n| n < 16) {
+            return Err(invalid(
+                "[session.limits] processes must be at least 1 and open_files at least 16".into(),
+            ));
+        }
+        if l.cpu_time.is_some_and(|d| d < Duration::from_secs(1)) {
+            return Err(invalid("[session.limits] cpu_time: at least 1s".into()));
         }
         if self.state.backend == StateBackend::Redis && self.state.redis_url.is_none() {
             return Err(invalid(

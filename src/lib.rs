@@ -4,7 +4,9 @@
 //! Module map (arrows point one way): `ssh` → `identity`, `launcher` → `config`.
 //! The identity core and the launcher know no front; `main.rs` only wires things.
 
-// One audited exception lives in launcher::process (borrowing portable-pty's raw master fd).
+// Audited exceptions: launcher::process (registering owned fds with the reactor; the pre_exec
+// hook), launcher::confine (the system calls the child makes before exec), ops::memory
+// (malloc_trim).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

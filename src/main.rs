@@ -20,7 +20,7 @@ use hermes_ssh_gateway::identity::redis::{
 use hermes_ssh_gateway::identity::store::{EnrollmentStore, FileEnrollmentStore};
 use hermes_ssh_gateway::identity::tickets::{MemoryTicketStore, TicketStore};
 use hermes_ssh_gateway::identity::KeyRegistry;
-use hermes_ssh_gateway::launcher::{LaunchSpec, SessionEnv};
+use hermes_ssh_gateway::launcher::LaunchSpec;
 use hermes_ssh_gateway::ops::{admin, metrics, AuditLog, Ops, Shutdown};
 use hermes_ssh_gateway::ssh::{
     hostkey, ConnectionLimits, SessionLimits, SshContext, SshServer, SshSettings, WebLink,
@@ -155,6 +155,14 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     for p in &snap.problems {
         println!("{p}");
     }
+    let policy = hermes_ssh_gateway::launcher::AccountPolicy::from_config(&config.session);
+    if policy.switches_users() {
+        if let Err(e) =
+            hermes_ssh_gateway::launcher::account::check_privileges(config.session.create_accounts)
+        {
+            println!("warning: run as this user, serve would refuse to start: {e}");
+        }
+    }
     println!(
         "{}: ok; {} users with {} keys in {}",
         path.display(),
@@ -183,6 +191,8 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         .watch(Duration::from_millis(100), background.clone())
         .with_context(|| format!("watching {}", config.ssh.users_dir.display()))?;
 
+    session_privileges(&config.session)?;
+    hermes_ssh_gateway::launcher::confine::init(&config.session.limits);
     let launch = Arc::new(ArcSwap::from_pointee(LaunchSpec::from_config(
         &config.session,
     )));
@@ -429,6 +439,11 @@ async fn signals(
                 registry.reload();
                 match Config::load(config_path) {
                     Ok(new) => {
+                        if let Err(e) = session_privileges(&new.session) {
+                            tracing::error!("configuration reload refused, keeping the running configuration: {e}");
+                            continue;
+                        }
+                        hermes_ssh_gateway::launcher::confine::init(&new.session.limits);
                         launch.store(Arc::new(LaunchSpec::from_config(&new.session)));
                         tracing::info!("configuration reloaded ([session] and key files; other sections apply at the next restart)");
                     }
@@ -441,15 +456,30 @@ async fn signals(
 
 /// Tells the operator at start, not at the first login, that the program is not installed.
 fn warn_if_program_missing(launch: &LaunchSpec) {
-    // `prepare` with a workdir template would create a directory for the probe user: skip it.
-    let Ok(user) = hermes_ssh_gateway::identity::UserId::parse("startup-check") else {
-        return;
-    };
-    if launch.workdir.is_some() {
-        return;
-    }
-    let probe = hermes_ssh_gateway::identity::Identity::from_mapped_key(user, String::new());
-    if let Err(e) = launch.prepare(&probe, &SessionEnv::default(), &[]) {
+    if let Some(e) = launch.program_problem() {
         tracing::warn!("[session] command cannot be started: {e}; users will see an explanation screen until it is installed");
     }
+}
+
+/// Per-user accounts need the right to switch users; say so at start rather than at each login.
+fn session_privileges(session: &hermes_ssh_gateway::config::SessionConfig) -> anyhow::Result<()> {
+    let policy = hermes_ssh_gateway::launcher::AccountPolicy::from_config(session);
+    if policy.switches_users() {
+        hermes_ssh_gateway::launcher::account::check_privileges(session.create_accounts)
+            .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
+        tracing::info!(
+            run_as = session.run_as.as_ref().map(|t| t.as_str()),
+            mapped = session.accounts.len(),
+            create_accounts = session.create_accounts,
+            "programs run under per-user accounts"
+        );
+    }
+    let l = &session.limits;
+    if l.processes.is_some()
+        && !policy.switches_users()
+        && !(l.cgroups && hermes_ssh_gateway::launcher::confine::cgroups_enforce_pids())
+    {
+        tracing::warn!("[session.limits] processes is not enforced: without a writable cgroup it needs run_as (RLIMIT_NPROC counts per account, and never for root)");
+    }
+    Ok(())
 }

@@ -22,6 +22,11 @@ struct Web {
 }
 
 fn setup(extra_web: &str) -> Web {
+    setup_with("", extra_web)
+}
+
+/// `extra_session` goes into `[session]` (after the command).
+fn setup_with(extra_session: &str, extra_web: &str) -> Web {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
@@ -29,7 +34,7 @@ fn setup(extra_web: &str) -> Web {
     let cfg = config(
         "",
         &format!(
-            "[session]\ncommand = [\"/bin/sh\"]\n[web]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{url}\"\n{extra_web}\n{}",
+            "[session]\ncommand = [\"/bin/sh\"]\n{extra_session}\n[web]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{url}\"\n{extra_web}\n{}",
             oidc_section(&idp.issuer, "")
         ),
     );
@@ -412,4 +417,62 @@ fn end_to_end_in_headless_chromium() {
         .unwrap_or_default();
     assert!(line.contains("ID=alice"), "{stdout}");
     assert!(shot.exists());
+}
+
+#[test]
+fn web_sessions_run_under_the_users_own_account() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "creating accounts needs root (CI runs as root)"
+    );
+    let account = format!("hgt{}w-alice", std::process::id() % 100_000);
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("pkill")
+                .args(["-KILL", "-u", &self.0])
+                .status();
+            let _ = std::process::Command::new("userdel")
+                .args(["-r", "-f", &self.0])
+                .output();
+        }
+    }
+    let _cleanup = Cleanup(account.clone());
+    let homes = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(homes.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let w = setup_with(
+        &format!(
+            "create_accounts = true\nhome_base = \"{}\"\n[session.accounts]\nalice = \"{account}\"\n",
+            homes.path().display()
+        ),
+        "",
+    );
+    let alice = login(&w, "alice");
+    let t = ws_ticket(&w, &alice, &w.url).1["ticket"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut ws = open_ws(&w, &format!("ticket={t}"), &w.url).unwrap();
+    type_line(
+        &mut ws,
+        "echo WHO=$(id -un):$HOME:$HERMES_DASHBOARD_USER_ID",
+    );
+    let out = read_until(&mut ws, &format!("WHO={account}"));
+    assert!(
+        out.contains(&format!(
+            "WHO={account}:{}:alice",
+            homes.path().join(&account).display()
+        )),
+        "{out}"
+    );
+    // Bob has no entry in the map and no template applies: refused with the reason.
+    let bob = login(&w, "bob");
+    let t = ws_ticket(&w, &bob, &w.url).1["ticket"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut ws = open_ws(&w, &format!("ticket={t}"), &w.url).unwrap();
+    let out = read_until(&mut ws, "no account is configured");
+    assert!(out.contains("user bob: no account is configured"), "{out}");
 }

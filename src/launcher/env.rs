@@ -85,6 +85,9 @@ mod tests {
     fn account() -> Account {
         Account {
             name: "svc".into(),
+            uid: 999,
+            gid: 999,
+            groups: vec![999],
             home: "/home/svc".into(),
             shell: "/bin/sh".into(),
         }

@@ -5,6 +5,10 @@
 //! Every program is its own session and process-group leader; ending a session signals the whole
 //! group (SIGHUP, then SIGKILL after a grace period), so grandchildren do not outlive it.
 
+pub mod account;
+pub mod cgroup;
+pub mod confine;
+pub mod dirs;
 pub mod env;
 pub mod process;
 mod termios;
@@ -12,11 +16,14 @@ mod termios;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+pub use account::{Account, AccountError, AccountPolicy};
+pub use cgroup::LimitHit;
+pub use confine::Confinement;
 pub use env::{build_env, SessionEnv};
 pub use process::{ExitStatus, Process, ProcessGroup};
 pub use termios::{ControlChar, ModeFlag, TerminalModes};
 
-use crate::config::{SessionConfig, Template};
+use crate::config::{ResourceLimits, SessionConfig, Template};
 use crate::identity::Identity;
 
 /// The terminal size in characters (and pixels, when the client knows them).
@@ -62,36 +69,6 @@ impl Default for TermSize {
     }
 }
 
-/// The Unix account programs run as (today: the gateway's own).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Account {
-    /// Login name.
-    pub name: String,
-    /// Home directory.
-    pub home: String,
-    /// Login shell.
-    pub shell: String,
-}
-
-impl Account {
-    /// The account the gateway runs as, from the password database (with safe fallbacks).
-    pub fn current() -> Account {
-        let uid = nix::unistd::getuid();
-        match nix::unistd::User::from_uid(uid) {
-            Ok(Some(u)) => Account {
-                name: u.name,
-                home: u.dir.display().to_string(),
-                shell: u.shell.display().to_string(),
-            },
-            _ => Account {
-                name: uid.to_string(),
-                home: "/".into(),
-                shell: "/bin/sh".into(),
-            },
-        }
-    }
-}
-
 /// What to launch, fixed at start from `[session]`.
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
@@ -107,8 +84,12 @@ pub struct LaunchSpec {
     pub workdir: Option<Template>,
     /// SIGHUP → SIGKILL grace.
     pub kill_grace: Duration,
-    /// The account programs run as.
+    /// The gateway's own account (programs run as it unless `accounts` switches).
     pub account: Account,
+    /// Which account each user's program runs as.
+    pub accounts: AccountPolicy,
+    /// Per-session resource limits.
+    pub limits: ResourceLimits,
 }
 
 impl LaunchSpec {
@@ -130,7 +111,16 @@ impl LaunchSpec {
             workdir: cfg.workdir.clone(),
             kill_grace: cfg.kill_grace,
             account: Account::current(),
+            accounts: AccountPolicy::from_config(cfg),
+            limits: cfg.limits.clone(),
         }
+    }
+
+    /// Why the program cannot be started, checked without side effects (no account, no
+    /// directories): `None` when it resolves on PATH.
+    pub fn program_problem(&self) -> Option<LaunchError> {
+        let path = std::env::var("PATH").unwrap_or_else(|_| env::DEFAULT_PATH.into());
+        resolve_program(&self.command[0], &path, Path::new(&self.account.home)).err()
     }
 
     /// Whether a client is barred from setting `name`: identity variables, `[session.env]` names
@@ -173,13 +163,20 @@ pub enum LaunchError {
         /// What failed.
         detail: String,
     },
+    /// No usable account for the user (see `[session] run_as`).
+    #[error("{0}")]
+    Account(#[from] AccountError),
+    /// The session's limits could not be set up.
+    #[error("setting up this session's resource limits: {0}")]
+    Limits(String),
     /// Anything else (PTY allocation, fork).
     #[error("{0}")]
     Other(String),
 }
 
-/// A fully prepared launch: argv resolved, environment built, directory created.
-#[derive(Debug, Clone)]
+/// A fully prepared launch: account resolved, argv resolved, environment built, directories
+/// created, limits ready.
+#[derive(Debug)]
 pub struct Prepared {
     /// Resolved program path.
     pub program: PathBuf,
@@ -191,19 +188,35 @@ pub struct Prepared {
     pub cwd: PathBuf,
     /// SIGHUP → SIGKILL grace.
     pub kill_grace: Duration,
+    /// The account the program runs as.
+    pub account: Account,
+    /// What the child does to itself before exec.
+    pub confinement: Confinement,
 }
 
 impl LaunchSpec {
-    /// Builds argv, environment and working directory for `identity`. Blocking (file system).
+    /// Builds argv, environment and working directory for `identity`. Blocking (password
+    /// database, `useradd`, file system).
     pub fn prepare(
         &self,
         identity: &Identity,
         session: &SessionEnv,
         extra_args: &[String],
     ) -> Result<Prepared, LaunchError> {
-        let env = build_env(self, &self.account, identity, session, |k| {
-            std::env::var(k).ok()
-        });
+        let account = if self.accounts.switches_users() {
+            self.accounts.resolve(&identity.user_id)?
+        } else {
+            self.account.clone()
+        };
+        let env = build_env(self, &account, identity, session, |k| std::env::var(k).ok());
+        let uid = identity.user_id.as_str();
+        for (_, t) in self
+            .env
+            .iter()
+            .filter(|(_, t)| dirs::is_user_dir_template(t))
+        {
+            dirs::ensure(&expand_path(t, uid)?, dirs::first_private(t), &account)?;
+        }
         let path_var = env
             .iter()
             .find(|(k, _)| k == "PATH")
@@ -211,26 +224,49 @@ impl LaunchSpec {
             .unwrap_or_default();
         let cwd = match &self.workdir {
             Some(t) => {
-                let dir = expand_path(t, identity.user_id.as_str())?;
-                crate::identity::keys::create_private_dir(&dir).map_err(|e| {
-                    LaunchError::Workdir {
-                        path: dir.display().to_string(),
-                        detail: e.to_string(),
+                let dir = expand_path(t, uid)?;
+                match dirs::first_private(t) {
+                    // No {user_id}: one directory for everyone. Under the gateway's own account
+                    // it is private to that account, as before; with per-user accounts it is
+                    // the operator's shared directory and is never handed to one of them.
+                    usize::MAX if self.accounts.switches_users() => {
+                        std::fs::create_dir_all(&dir).map_err(|e| LaunchError::Workdir {
+                            path: dir.display().to_string(),
+                            detail: e.to_string(),
+                        })?
                     }
-                })?;
+                    usize::MAX => {
+                        let last = dir.components().count().saturating_sub(1);
+                        dirs::ensure(&dir, last, &account)?
+                    }
+                    first => dirs::ensure(&dir, first, &account)?,
+                }
                 dir
             }
-            None => PathBuf::from(&self.account.home),
+            // As sshd does: a home that does not exist (nobody's is /nonexistent) means "/".
+            None if Path::new(&account.home).is_dir() => PathBuf::from(&account.home),
+            None => {
+                tracing::debug!(
+                    home = account.home,
+                    account = account.name,
+                    "home directory missing; starting in /"
+                );
+                PathBuf::from("/")
+            }
         };
         let program = resolve_program(&self.command[0], &path_var, &cwd)?;
         let mut argv = self.command.clone();
         argv.extend(extra_args.iter().cloned());
+        let confinement = Confinement::prepare(&account, &self.limits)
+            .map_err(|e| LaunchError::Limits(e.to_string()))?;
         Ok(Prepared {
             program,
             argv,
             env,
             cwd,
             kill_grace: self.kill_grace,
+            account,
+            confinement,
         })
     }
 }

@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -18,7 +18,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
-use super::{LaunchError, Prepared, TermSize, TerminalModes};
+use super::confine::CgroupGuard;
+use super::{Confinement, LaunchError, LimitHit, Prepared, TermSize, TerminalModes};
 
 /// How the program ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +54,8 @@ impl ExitStatus {
 pub struct ProcessGroup {
     pgid: Pid,
     grace: Duration,
+    /// The session's cgroup: it also holds processes that left the group (setsid, daemons).
+    cgroup: Option<Arc<CgroupGuard>>,
 }
 
 impl ProcessGroup {
@@ -61,9 +64,10 @@ impl ProcessGroup {
         self.pgid.as_raw_nonzero().get()
     }
 
-    /// Whether any process of the group is still alive (zombies included).
+    /// Whether any process of the group (or of the session's cgroup) is still alive.
     pub fn is_alive(&self) -> bool {
         rustix::process::test_kill_process_group(self.pgid).is_ok()
+            || self.cgroup.as_ref().is_some_and(|c| c.populated())
     }
 
     /// SIGHUP to the group (and SIGCONT, so stopped members see it), then SIGKILL to whatever is
@@ -86,6 +90,9 @@ impl ProcessGroup {
             "process group outlived SIGHUP; sending SIGKILL"
         );
         let _ = rustix::process::kill_process_group(self.pgid, Signal::KILL);
+        if let Some(cg) = self.cgroup.clone() {
+            let _ = tokio::task::spawn_blocking(move || cg.kill_all()).await;
+        }
     }
 }
 
@@ -125,6 +132,7 @@ pub struct Process {
     resizer: Option<Resizer>,
     exit: watch::Receiver<Option<ExitStatus>>,
     group: ProcessGroup,
+    confinement: Confinement,
 }
 
 impl Process {
@@ -146,6 +154,30 @@ impl Process {
     /// The process group.
     pub fn group(&self) -> ProcessGroup {
         self.group.clone()
+    }
+
+    /// Resolves when the session's program runs into a cap that a cgroup reports (memory, process
+    /// count); never, without a session cgroup. The caller decides to end the session.
+    pub fn limit_hit(&self) -> impl Future<Output = LimitHit> + Send + 'static {
+        let cg = self.confinement.cgroup.clone();
+        async move {
+            let Some(cg) = cg else {
+                return std::future::pending().await;
+            };
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tick.tick().await;
+                let c = cg.clone();
+                if let Ok(Some(hit)) = tokio::task::spawn_blocking(move || c.hit()).await {
+                    return hit;
+                }
+            }
+        }
+    }
+
+    /// The limits this program runs under (for explaining how it ended).
+    pub fn confinement(&self) -> &Confinement {
+        &self.confinement
     }
 
     /// Resolves when the program has exited (and was reaped).
@@ -295,16 +327,60 @@ impl AsyncWrite for PtyIo {
     }
 }
 
-/// Duplicates the master fd portable-pty owns, so our copy outlives its `MasterPty`.
-fn dup_master(master: &dyn portable_pty::MasterPty) -> Result<OwnedFd, LaunchError> {
-    let raw = master
-        .as_raw_fd()
-        .ok_or_else(|| LaunchError::Other("the PTY master has no fd".into()))?;
-    // SAFETY: `raw` is the open master fd owned by `master`, which outlives this borrow; we only
-    // duplicate it. portable-pty exposes no `AsFd`, so this one borrow is unavoidable.
+/// Opens a new PTY pair: the master (ours) and the slave (the program's terminal).
+fn open_pty(size: TermSize) -> Result<(OwnedFd, OwnedFd), LaunchError> {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::pty::OpenptFlags;
+    let master =
+        rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
+            .map_err(other("allocating a PTY"))?;
+    rustix::pty::grantpt(&master).map_err(other("grantpt"))?;
+    rustix::pty::unlockpt(&master).map_err(other("unlockpt"))?;
+    let name = rustix::pty::ptsname(&master, Vec::new()).map_err(other("ptsname"))?;
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(other("opening the PTY slave"))?;
+    rustix::termios::tcsetwinsize(
+        &master,
+        rustix::termios::Winsize {
+            ws_row: size.rows,
+            ws_col: size.cols,
+            ws_xpixel: size.pixel_width,
+            ws_ypixel: size.pixel_height,
+        },
+    )
+    .map_err(other("setting the PTY size"))?;
+    Ok((master, slave))
+}
+
+/// The command for `prepared`, with the clean environment and, in the child before exec, the
+/// confinement (cgroup, rlimits, account switch) and `extra` (session/terminal set-up).
+fn command(
+    prepared: &Prepared,
+    extra: impl Fn() -> io::Result<()> + Send + Sync + 'static,
+) -> std::process::Command {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = std::process::Command::new(&prepared.program);
+    cmd.arg0(&prepared.argv[0])
+        .args(&prepared.argv[1..])
+        .env_clear()
+        .envs(prepared.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&prepared.cwd);
+    let confinement = prepared.confinement.child_part();
+    // SAFETY: the closure runs in the forked child before exec. It only makes system calls on
+    // values prepared before the fork (no allocation, no locks): setsid, ioctl, write, setrlimit,
+    // setgroups, setresgid, setresuid.
     #[allow(unsafe_code)]
-    let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
-    rustix::io::fcntl_dupfd_cloexec(borrowed, 3).map_err(other("dup of the PTY master"))
+    unsafe {
+        cmd.pre_exec(move || {
+            extra()?;
+            confinement.apply_in_child()
+        });
+    }
+    cmd
 }
 
 pub(super) async fn spawn_pty(
@@ -314,50 +390,51 @@ pub(super) async fn spawn_pty(
 ) -> Result<Process, LaunchError> {
     let grace = prepared.kill_grace;
     // openpty, fork and exec are blocking system calls: keep them off the async workers.
-    let (fd, pid) = tokio::task::spawn_blocking(move || -> Result<(OwnedFd, Pid), LaunchError> {
-        use portable_pty::{CommandBuilder, PtySize};
-        let pair = portable_pty::native_pty_system()
-            .openpty(PtySize {
-                rows: size.rows,
-                cols: size.cols,
-                pixel_width: size.pixel_width,
-                pixel_height: size.pixel_height,
-            })
-            .map_err(other("allocating a PTY"))?;
-        let fd = dup_master(&*pair.master)?;
-        if let Err(e) = modes.apply(&fd) {
-            tracing::debug!(error = %e, "could not apply the client's terminal modes");
-        }
-        let mut argv: Vec<std::ffi::OsString> = Vec::with_capacity(prepared.argv.len());
-        argv.push(prepared.program.clone().into_os_string());
-        argv.extend(prepared.argv.iter().skip(1).map(Into::into));
-        let mut cmd = CommandBuilder::from_argv(argv);
-        cmd.env_clear();
-        for (k, v) in &prepared.env {
-            cmd.env(k, v);
-        }
-        cmd.cwd(&prepared.cwd);
-        let child = pair
-            .slave
-            .spawn_command(cmd)
-            .map_err(|e| classify_spawn_error(&prepared, &e.to_string()))?;
-        // The slave must be closed here, or the master never sees EOF when the program exits.
-        drop(pair.slave);
-        let pid = pid_of(child.process_id().unwrap_or(0))?;
-        // We reap through the pidfd; the std Child inside is dropped without waiting.
-        drop(child);
-        drop(pair.master);
-        rustix::fs::fcntl_setfl(
-            &fd,
-            rustix::fs::fcntl_getfl(&fd).map_err(other("fcntl"))? | rustix::fs::OFlags::NONBLOCK,
-        )
-        .map_err(other("fcntl"))?;
-        Ok((fd, pid))
-    })
-    .await
-    .map_err(other("spawn task"))??;
+    let (fd, pid, prepared) =
+        tokio::task::spawn_blocking(move || -> Result<(OwnedFd, Pid, Prepared), LaunchError> {
+            let (master, slave) = open_pty(size)?;
+            if let Err(e) = modes.apply(&master) {
+                tracing::debug!(error = %e, "could not apply the client's terminal modes");
+            }
+            let stdio = || -> Result<std::process::Stdio, LaunchError> {
+                Ok(slave
+                    .try_clone()
+                    .map_err(other("dup of the PTY slave"))?
+                    .into())
+            };
+            let mut cmd = command(&prepared, || {
+                // A new session with the PTY as its controlling terminal (fd 0 is the slave).
+                rustix::process::setsid()?;
+                rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
+                Ok(())
+            });
+            cmd.stdin(stdio()?).stdout(stdio()?).stderr(stdio()?);
+            let child = cmd
+                .spawn()
+                .map_err(|e| classify_spawn_error(&prepared, &e.to_string()))?;
+            // The slave must be closed here (the Command holds copies too), or the master never
+            // sees EOF when the program exits.
+            drop(cmd);
+            drop(slave);
+            let pid = pid_of(child.id())?;
+            // We reap through the pidfd; the std Child is dropped without waiting.
+            drop(child);
+            rustix::fs::fcntl_setfl(
+                &master,
+                rustix::fs::fcntl_getfl(&master).map_err(other("fcntl"))?
+                    | rustix::fs::OFlags::NONBLOCK,
+            )
+            .map_err(other("fcntl"))?;
+            Ok((master, pid, prepared))
+        })
+        .await
+        .map_err(other("spawn task"))??;
 
-    let group = ProcessGroup { pgid: pid, grace };
+    let group = ProcessGroup {
+        pgid: pid,
+        grace,
+        cgroup: prepared.confinement.cgroup.clone(),
+    };
     let exit = watch_exit(pid)?;
     let fd = Arc::new(
         register(
@@ -375,6 +452,7 @@ pub(super) async fn spawn_pty(
         resizer: Some(Resizer(fd)),
         exit,
         group,
+        confinement: prepared.confinement,
     })
 }
 
@@ -398,13 +476,8 @@ fn classify_spawn_error(prepared: &Prepared, msg: &str) -> LaunchError {
 pub(super) fn spawn_pipes(prepared: Prepared) -> Result<Process, LaunchError> {
     use std::os::unix::process::CommandExt as _;
     use std::process::Stdio;
-    let mut std_cmd = std::process::Command::new(&prepared.program);
+    let mut std_cmd = command(&prepared, || Ok(()));
     std_cmd
-        .arg0(&prepared.argv[0])
-        .args(&prepared.argv[1..])
-        .env_clear()
-        .envs(prepared.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&prepared.cwd)
         // Its own process group, so hang-up can signal everything it starts.
         .process_group(0)
         .stdin(Stdio::piped())
@@ -441,6 +514,8 @@ pub(super) fn spawn_pipes(prepared: Prepared) -> Result<Process, LaunchError> {
         group: ProcessGroup {
             pgid: pid,
             grace: prepared.kill_grace,
+            cgroup: prepared.confinement.cgroup.clone(),
         },
+        confinement: prepared.confinement,
     })
 }

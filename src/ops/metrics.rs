@@ -47,6 +47,7 @@ pub struct Metrics {
     refused: Counter,
     session_seconds: Histogram,
     cluster_sessions: Gauge,
+    limit_stops: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -72,6 +73,7 @@ impl Metrics {
             refused: Counter::default(),
             session_seconds: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
             cluster_sessions: Gauge::default(),
+            limit_stops: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -125,6 +127,11 @@ impl Metrics {
             "Session durations",
             m.session_seconds.clone(),
         );
+        registry.register(
+            "session_limit_stops",
+            "Sessions stopped at a [session.limits] cap, by limit",
+            m.limit_stops.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -159,9 +166,17 @@ impl Metrics {
                 duration,
                 bytes_in,
                 bytes_out,
+                limit,
                 ..
             } => {
                 self.sessions_active.dec();
+                if let Some(l) = limit {
+                    self.limit_stops
+                        .get_or_create(&ReasonLabels {
+                            reason: (*l).into(),
+                        })
+                        .inc();
+                }
                 self.session_seconds.observe(duration.as_secs_f64());
                 self.bytes
                     .get_or_create(&DirLabels {

@@ -63,6 +63,10 @@ pub enum Event {
         pty: Option<(u16, u16)>,
         /// Source address.
         remote: String,
+        /// The Unix account the program runs as.
+        account: String,
+        /// That account's uid.
+        uid: u32,
     },
     /// A program ended.
     SessionEnd {
@@ -78,6 +82,9 @@ pub enum Event {
         bytes_out: u64,
         /// Exit status (`None` when the client left first).
         exit_status: Option<u32>,
+        /// The resource limit that stopped the program, if one did (`memory`, `processes`,
+        /// `cpu_time`).
+        limit: Option<&'static str>,
     },
     /// A request was refused (forwarding, env override, exec, limits).
     Refused {
@@ -147,9 +154,11 @@ impl Event {
                 command,
                 pty,
                 remote,
+                account,
+                uid,
             } => json!({
                 "event": "session_start", "session_id": id, "user_id": user, "front": front,
-                "command": command, "remote": remote,
+                "command": command, "remote": remote, "account": account, "uid": uid,
                 "pty": pty.map(|(c, r)| json!({"cols": c, "rows": r})),
             }),
             Event::SessionEnd {
@@ -159,10 +168,11 @@ impl Event {
                 bytes_in,
                 bytes_out,
                 exit_status,
+                limit,
             } => json!({
                 "event": "session_end", "session_id": id, "user_id": user,
                 "duration_ms": duration.as_millis() as u64, "bytes_in": bytes_in,
-                "bytes_out": bytes_out, "exit_status": exit_status,
+                "bytes_out": bytes_out, "exit_status": exit_status, "limit": limit,
             }),
             Event::Refused { user, remote, what } => {
                 json!({"event": "refused", "user_id": user, "remote": remote, "what": what})

@@ -597,6 +597,10 @@ impl Job {
             .pty
             .as_ref()
             .map(|pty| current_size(&self.resize).unwrap_or(pty.size));
+        let account = prepared
+            .as_ref()
+            .map(|p| (p.account.name.clone(), p.account.uid))
+            .unwrap_or_default();
         let spawned = match prepared {
             Ok(p) => match (&self.pty, size) {
                 (Some(pty), Some(size)) => launcher::spawn_pty(p, size, pty.modes.clone()).await,
@@ -613,6 +617,7 @@ impl Job {
             pid = process.pid(),
             session_id = live.id,
             pty = self.pty.is_some(),
+            account = account.0,
             "program started"
         );
         self.ctx.ops.emit(Event::SessionStart {
@@ -622,6 +627,8 @@ impl Job {
             command: command.clone(),
             pty: size.map(|s| (s.cols, s.rows)),
             remote: self.ctx_remote(),
+            account: account.0,
+            uid: account.1,
         });
         let started = std::time::Instant::now();
         let recorder = match (&self.ctx.recording_dir, &self.pty, size) {
@@ -677,9 +684,17 @@ impl Job {
         let mut warned_idle = false;
         let mut warned_drain = false;
         let shutdown = self.ctx.shutdown.clone();
+        let limit_hit = process.limit_hit();
+        tokio::pin!(limit_hit);
+        let mut limit = None;
         let ending = loop {
             tokio::select! {
                 s = process.exited() => break Ending::Exited(s),
+                hit = &mut limit_hit => {
+                    limit = Some(hit);
+                    tracing::warn!(user, limit = hit.as_str(), "session stopped at a resource limit");
+                    break Ending::Ended(process.confinement().describe(hit));
+                }
                 _ = self.closed.cancelled() => break Ending::ClientLeft,
                 _ = live.end.cancelled() => break Ending::Ended("ended by the operator".into()),
                 _ = shutdown.terminate.cancelled() => break Ending::Ended("the gateway shut down".into()),
@@ -722,6 +737,24 @@ impl Job {
                     signal = status.signal_name(),
                     "program exited"
                 );
+                let confinement = process.confinement();
+                if let Some(hit) = confinement.explain(status.signal) {
+                    limit = Some(hit);
+                    tracing::warn!(
+                        user,
+                        limit = hit.as_str(),
+                        "program stopped at a resource limit"
+                    );
+                    self.notice(&confinement.describe(hit)).await;
+                } else if status.exit_code() != 0 {
+                    if let Some(hint) = confinement.hint() {
+                        self.notice(&format!(
+                            "the program ended with status {}; {hint}",
+                            status.exit_code()
+                        ))
+                        .await;
+                    }
+                }
                 Some(status.exit_code())
             }
             Ending::ClientLeft => {
@@ -746,6 +779,7 @@ impl Job {
             bytes_in: live.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
             bytes_out: live.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
             exit_status,
+            limit: limit.map(|l| l.as_str()),
         });
         drop(guard);
         if let Some(code) = exit_status {

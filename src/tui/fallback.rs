@@ -29,6 +29,12 @@ fn hint(error: &LaunchError) -> &'static str {
         LaunchError::Workdir { .. } => {
             "Check [session] workdir in gateway.toml and the permissions of its parent directory."
         }
+        LaunchError::Account(_) => {
+            "Ask the operator to create your account, or to set [session] create_accounts / [session.accounts] in gateway.toml."
+        }
+        LaunchError::Limits(_) => {
+            "The gateway could not set up resource limits; the operator should check [session.limits] and the gateway's log."
+        }
         LaunchError::Other(_) => "See the gateway's log for details.",
     }
 }

@@ -119,6 +119,10 @@ async fn run(
     let prepared = tokio::task::spawn_blocking(move || spec.prepare(&id, &env, &[]))
         .await
         .unwrap_or_else(|e| Err(launcher::LaunchError::Other(e.to_string())));
+    let account = prepared
+        .as_ref()
+        .map(|p| (p.account.name.clone(), p.account.uid))
+        .unwrap_or_default();
     let spawned = match prepared {
         Ok(p) => launcher::spawn_pty(p, size, TerminalModes::default()).await,
         Err(e) => Err(e),
@@ -149,6 +153,8 @@ async fn run(
         command: launch.command.join(" "),
         pty: Some((size.cols, size.rows)),
         remote: live.remote.clone(),
+        account: account.0,
+        uid: account.1,
     });
     let Some(io) = process.take_io() else {
         return;
@@ -204,36 +210,54 @@ async fn run(
             }
         }
     };
-    let status = tokio::select! {
-        s = process.exited() => Some(s),
-        _ = browser => None,
-        _ = live.end.cancelled() => None,
-        _ = ctx.shutdown.terminate.cancelled() => None,
+    let limit_hit = process.limit_hit();
+    let (status, mut limit) = tokio::select! {
+        s = process.exited() => (Some(s), None),
+        hit = limit_hit => (None, Some(hit)),
+        _ = browser => (None, None),
+        _ = live.end.cancelled() => (None, None),
+        _ = ctx.shutdown.terminate.cancelled() => (None, None),
     };
     let group = process.group();
     let exit_status = status.map(|s| s.exit_code());
-    match status {
-        None => {
-            tracing::info!("web session ending; ending the program");
-            out.abort();
-            // The whole group, as for SSH.
-            group.terminate().await;
-            drop(process);
-        }
-        Some(st) => {
-            tracing::info!(code = st.exit_code(), "program exited");
-            group.terminate().await;
-            drop(process);
-            if let Ok(Ok(mut sink)) =
-                tokio::time::timeout(std::time::Duration::from_millis(300), out).await
-            {
-                let _ = sink
-                    .send(Message::Close(Some(CloseFrame {
-                        code: 1000,
-                        reason: format!("exit {}", st.exit_code()).into(),
-                    })))
-                    .await;
+    if let Some(st) = status {
+        tracing::info!(code = st.exit_code(), "program exited");
+        limit = process.confinement().explain(st.signal);
+    }
+    let notice = limit.map(|hit| {
+        tracing::warn!(
+            limit = hit.as_str(),
+            "web session stopped at a resource limit"
+        );
+        process.confinement().describe(hit)
+    });
+    if status.is_none() && limit.is_none() {
+        tracing::info!("web session ending; ending the program");
+        out.abort();
+        // The whole group, as for SSH.
+        group.terminate().await;
+        drop(process);
+    } else {
+        group.terminate().await;
+        drop(process);
+        if let Ok(Ok(mut sink)) =
+            tokio::time::timeout(std::time::Duration::from_millis(300), out).await
+        {
+            if let Some(text) = &notice {
+                let line = format!("\r\n[hermes-ssh-gateway] {text}\r\n");
+                let _ = sink.send(Message::Binary(line.into_bytes().into())).await;
             }
+            let reason = match (status, limit) {
+                (_, Some(hit)) => format!("limit {}", hit.as_str()),
+                (Some(st), None) => format!("exit {}", st.exit_code()),
+                (None, None) => String::new(),
+            };
+            let _ = sink
+                .send(Message::Close(Some(CloseFrame {
+                    code: 1000,
+                    reason: reason.into(),
+                })))
+                .await;
         }
     }
     ctx.ops.emit(Event::SessionEnd {
@@ -243,6 +267,7 @@ async fn run(
         bytes_in: live.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
         bytes_out: live.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
         exit_status,
+        limit: limit.map(|l| l.as_str()),
     });
     drop(guard);
 }

@@ -81,9 +81,26 @@ impl Gateway {
     }
 
     pub fn start_with_env(dir: &Path, config_text: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::start_wrapped(dir, config_text, env, &[])
+    }
+
+    /// Like [`Gateway::start_with_env`], run through `wrapper` (e.g. `setpriv …`) when non-empty.
+    pub fn start_wrapped(
+        dir: &Path,
+        config_text: &str,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Gateway {
         std::fs::create_dir_all(dir.join("keys/users")).unwrap();
         std::fs::write(dir.join("gateway.toml"), config_text).unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("--config")
             .arg(dir.join("gateway.toml"))
             .env("RUST_LOG", "info,hermes_ssh_gateway=debug")
