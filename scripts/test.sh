@@ -32,6 +32,12 @@ if [ ! -x /usr/sbin/sshd ]; then
   (systemctl stop ssh || service ssh stop || true) >/dev/null 2>&1
 fi
 
+# Per-user accounts and limits (tests/accounts.rs, run as root): useradd/userdel, setpriv to
+# run the gateway as nobody, pgrep/pkill to count and clean up an account's processes.
+need useradd && need userdel || apt_install passwd
+need setpriv || apt_install util-linux
+need pgrep && need pkill || apt_install procps
+
 # Debian's Chromium for the browser test (playwright-core drives it; it downloads no browser).
 [ -x /usr/bin/chromium ] || apt_install chromium
 
