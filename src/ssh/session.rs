@@ -12,7 +12,7 @@ use bytes::Bytes;
 use russh::server::Msg;
 use russh::{Channel, ChannelId, ChannelMsg, ChannelWriteHalf};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 
@@ -63,6 +63,7 @@ type SharedResize = Arc<Mutex<ResizeSlot>>;
 struct Slot {
     writer: Option<ChannelWriteHalf<Msg>>,
     input: Option<mpsc::Receiver<Bytes>>,
+    attach: Option<oneshot::Sender<Attach>>,
     /// Cancelled when the client closes the channel or the connection goes away.
     closed: CancellationToken,
     pty: Option<PtyParams>,
@@ -151,37 +152,17 @@ impl Channels {
     /// A session channel was accepted: start draining it so the connection never stalls on it.
     pub fn open(&mut self, channel: Channel<Msg>) {
         let id = channel.id();
-        let (mut read, write) = channel.split();
+        let (read, write) = channel.split();
         let (tx, rx) = mpsc::channel::<Bytes>(INPUT_QUEUE);
+        let (attach_tx, attach_rx) = oneshot::channel::<Attach>();
         let closed = CancellationToken::new();
-        let closed2 = closed.clone();
-        tokio::spawn(async move {
-            let mut tx = Some(tx);
-            while let Some(msg) = read.wait().await {
-                match msg {
-                    ChannelMsg::Data { data } => {
-                        if let Some(t) = &tx {
-                            // Waiting here is the backpressure: a program that does not read
-                            // slows the client down instead of growing a buffer.
-                            tokio::select! {
-                                r = t.send(data) => if r.is_err() { tx = None },
-                                _ = closed2.cancelled() => break,
-                            }
-                        }
-                    }
-                    // Client EOF: the program's stdin closes (pipes) once queued input is read.
-                    ChannelMsg::Eof => tx = None,
-                    ChannelMsg::Close => break,
-                    _ => {}
-                }
-            }
-            closed2.cancel();
-        });
+        tokio::spawn(read_channel(read, tx, attach_rx, closed.clone()));
         self.slots.insert(
             id,
             Slot {
                 writer: Some(write),
                 input: Some(rx),
+                attach: Some(attach_tx),
                 closed,
                 pty: None,
                 env: Vec::new(),
@@ -288,13 +269,16 @@ impl Channels {
                 (ConnState::None, _) => return false,
             }
         };
-        let (Some(writer), Some(input)) = (slot.writer.take(), slot.input.take()) else {
+        let (Some(writer), Some(input), Some(attach)) =
+            (slot.writer.take(), slot.input.take(), slot.attach.take())
+        else {
             return false;
         };
         let job = Job {
             ctx: self.ctx.clone(),
             writer,
             input,
+            attach: Some(attach),
             closed: slot.closed.clone(),
             pty: slot.pty.clone(),
             env: std::mem::take(&mut slot.env),
@@ -354,7 +338,10 @@ pub fn classify_exec(command: &str, policy: ExecPolicy) -> Work {
 struct Job {
     ctx: Arc<SshContext>,
     writer: ChannelWriteHalf<Msg>,
+    /// Client input while no program runs (sign-in screen, "press a key" prompts).
     input: mpsc::Receiver<Bytes>,
+    /// Hands the program's stdin to the channel reader once it starts.
+    attach: Option<oneshot::Sender<Attach>>,
     closed: CancellationToken,
     pty: Option<PtyParams>,
     env: Vec<(String, String)>,
@@ -672,8 +659,16 @@ impl Job {
                 None,
             ))
         });
-        let input = std::mem::replace(&mut self.input, mpsc::channel(1).1);
-        let pump_in = tokio::spawn(pump_in(input, io.input, live.clone()));
+        // From here the channel reader writes client input straight into the program (no
+        // extra task hop per keystroke), after what was queued before it started.
+        let queued = std::mem::replace(&mut self.input, mpsc::channel(1).1);
+        if let Some(attach) = self.attach.take() {
+            let _ = attach.send(Attach {
+                queued,
+                to: io.input,
+                live: live.clone(),
+            });
+        }
 
         let idle = self.ctx.limits.idle_timeout;
         let warn_before = (idle / 4).min(Duration::from_secs(60));
@@ -720,7 +715,6 @@ impl Job {
                 }
             }
         };
-        pump_in.abort();
         let group = process.group();
         let exit_status = match ending {
             Ending::Exited(status) => {
@@ -875,20 +869,79 @@ async fn pump_out(
     let _ = to.flush().await;
 }
 
-/// Channel input → program.
-async fn pump_in(
-    mut from: mpsc::Receiver<Bytes>,
-    mut to: Box<dyn AsyncWrite + Send + Unpin>,
+/// The program's stdin, handed to the channel reader when the program starts.
+struct Attach {
+    /// Input that arrived before the program started, in order.
+    queued: mpsc::Receiver<Bytes>,
+    to: Box<dyn AsyncWrite + Send + Unpin>,
     live: Arc<LiveSession>,
+}
+
+/// Drains one channel for its whole life, so the connection never stalls on it. Before a
+/// program runs, input is queued for whoever reads it (sign-in screen, prompts); once the
+/// program's stdin is attached, input goes straight into it.
+async fn read_channel(
+    mut read: russh::ChannelReadHalf,
+    tx: mpsc::Sender<Bytes>,
+    mut attach: oneshot::Receiver<Attach>,
+    closed: CancellationToken,
 ) {
-    while let Some(chunk) = from.recv().await {
-        live.input(chunk.len());
-        if to.write_all(&chunk).await.is_err() {
-            return;
+    let mut tx = Some(tx);
+    let mut attached = false;
+    let mut eof = false;
+    let mut sink: Option<(Box<dyn AsyncWrite + Send + Unpin>, Arc<LiveSession>)> = None;
+    loop {
+        tokio::select! {
+            a = &mut attach, if !attached => {
+                attached = true;
+                let Ok(mut a) = a else { continue };
+                // Nothing else can queue now: this task is the only sender.
+                tx = None;
+                let mut ok = true;
+                while let Ok(chunk) = a.queued.try_recv() {
+                    a.live.input(chunk.len());
+                    if a.to.write_all(&chunk).await.is_err() {
+                        ok = false;
+                        break;
+                    }
+                }
+                if eof {
+                    let _ = a.to.shutdown().await;
+                } else if ok {
+                    sink = Some((a.to, a.live));
+                }
+            }
+            msg = read.wait() => match msg {
+                Some(ChannelMsg::Data { data }) => {
+                    if let Some((to, live)) = &mut sink {
+                        live.input(data.len());
+                        // Waiting here is the backpressure: a program that does not read
+                        // slows the client down instead of growing a buffer.
+                        tokio::select! {
+                            r = to.write_all(&data) => if r.is_err() { sink = None },
+                            _ = closed.cancelled() => break,
+                        }
+                    } else if let Some(t) = &tx {
+                        tokio::select! {
+                            r = t.send(data) => if r.is_err() { tx = None },
+                            _ = closed.cancelled() => break,
+                        }
+                    }
+                }
+                // Client EOF: the program's stdin closes (pipes) once queued input is written.
+                Some(ChannelMsg::Eof) => {
+                    eof = true;
+                    tx = None;
+                    if let Some((mut to, _)) = sink.take() {
+                        let _ = to.shutdown().await;
+                    }
+                }
+                Some(ChannelMsg::Close) | None => break,
+                Some(_) => {}
+            },
         }
     }
-    // Client EOF: close the program's stdin (for a PTY this drops our writer handle only).
-    let _ = to.shutdown().await;
+    closed.cancel();
 }
 
 /// Why a session's program is being ended.
