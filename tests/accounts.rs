@@ -268,6 +268,41 @@ fn user_ids_cannot_reach_root_or_leave_the_prefix() {
     assert!(gw.wait_log("cannot start the session program", T).is_some());
 }
 
+#[test]
+fn without_create_accounts_a_missing_account_is_a_clear_refusal() {
+    let acc = Accounts::new("n");
+    let tmp = shared_tmp();
+    let key = Keypair::new(tmp.path(), "alice_key");
+    let cfg =
+        session(&acc, tmp.path(), "").replace("create_accounts = true", "create_accounts = false");
+    let gw = start(tmp.path(), &cfg, &[("alice", &key)]);
+    let out = ssh_run(&gw, &key, "id -u");
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "account {} (for user alice) does not exist",
+            acc.name("alice")
+        )) && err.contains("create_accounts"),
+        "{err}"
+    );
+    assert!(
+        acc.passwd("alice").is_none(),
+        "an account was created anyway"
+    );
+    // A user id that cannot become an account name is refused with the reason.
+    let long = "a".repeat(40);
+    let long_key = Keypair::new(tmp.path(), "long_key");
+    gw.set_keys(&long, &long_key.public_line);
+    assert!(gw.wait_log("users=2", T).is_some());
+    let out = ssh_run(&gw, &long_key, "id -u");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cannot make an account name") && err.contains("more than 32"),
+        "{err}"
+    );
+}
+
 /// Runs the gateway binary as `nobody` through setpriv (which drops every capability).
 fn as_nobody() -> Vec<&'static str> {
     vec![
