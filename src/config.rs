@@ -389,7 +389,7 @@ pub struct SessionConfig {
     pub kill_grace: Duration,
     /// Run each user's program under its own Unix account named by this template
     /// (e.g. `"hermes-{user_id}"`). Unset: the gateway's own account. Needs root (or
-    /// CAP_SETUID + CAP_SETGID).
+    /// CAP_SETUID, CAP_SETGID, CAP_KILL, CAP_CHOWN, CAP_FOWNER and CAP_DAC_OVERRIDE).
     pub run_as: Option<AccountTemplate>,
     /// Fixed accounts for some users (user id → account name); checked before `run_as`.
     pub accounts: BTreeMap<UserId, AccountName>,

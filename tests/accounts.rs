@@ -569,3 +569,71 @@ fn cpu_time_and_open_file_limits_apply_and_are_explained() {
     assert_eq!(out.status.code(), Some(128 + 24), "{out:?}");
     assert!(stdout.contains("CPU time limit (1s)"), "{stdout}");
 }
+
+#[test]
+fn with_capabilities_instead_of_root_programs_keep_none_of_them() {
+    let acc = Accounts::new("k");
+    let tmp = shared_tmp();
+    let key = Keypair::new(tmp.path(), "alice_key");
+    // An account the operator made (a regular one: no marker needed at uid >= 1000).
+    let name = acc.name("alice");
+    let home = tmp.path().join("homes").join(&name);
+    let out = Command::new("useradd")
+        .args([
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "--home-dir",
+        ])
+        .arg(&home)
+        .arg(&name)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::create_dir_all(&home).unwrap();
+    assert!(Command::new("chown")
+        .arg(format!("{name}:"))
+        .arg(&home)
+        .status()
+        .unwrap()
+        .success());
+    std::fs::create_dir_all(tmp.path().join("keys/users")).unwrap();
+    give_to_nobody(&tmp.path().join("keys"));
+    let caps = "+setuid,+setgid,+kill,+chown,+fowner,+dac_override";
+    let inh = format!("--inh-caps={caps}");
+    let amb = format!("--ambient-caps={caps}");
+    let wrapper = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        &inh,
+        &amb,
+        "--",
+    ];
+    let cfg = config(
+        "",
+        &format!(
+            "[session]\ncommand = [\"/bin/sh\", \"-c\", \"echo UID=$(id -u) HOME=$HOME; grep -E '^Cap(Prm|Eff|Amb)' /proc/self/status\"]\nrun_as = \"{}{{user_id}}\"\n[state]\ndir = \"{}\"\n",
+            acc.prefix,
+            tmp.path().join("keys/state").display()
+        ),
+    );
+    let gw = Gateway::start_wrapped(tmp.path(), &cfg, &[], &wrapper);
+    gw.set_keys("alice", &key.public_line);
+    assert!(gw.wait_log("users=1", T).is_some());
+    let out = ssh_run(&gw, &key, "");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}\n{}", gw.log());
+    let uid = acc.passwd("alice").unwrap().uid.as_raw();
+    assert_eq!(field(&stdout, "UID"), uid.to_string());
+    assert_eq!(field(&stdout, "HOME"), home.display().to_string());
+    // The gateway's capabilities did not reach the program.
+    for set in ["CapPrm", "CapEff", "CapAmb"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(set))
+            .unwrap_or_else(|| panic!("{stdout}"));
+        assert!(line.ends_with("0000000000000000"), "{line}");
+    }
+}

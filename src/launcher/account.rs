@@ -340,8 +340,9 @@ pub fn name_from_template(template: &AccountTemplate, user_id: &str) -> Result<S
     Ok(name)
 }
 
-/// Whether this process may run programs as other accounts: root, or CAP_SETUID and
-/// CAP_SETGID (and root for `create_accounts`, which runs `useradd`).
+/// Whether this process may run programs as other accounts: root, or the capabilities that
+/// switching, signalling and per-user directories need (and root for `create_accounts`, which
+/// runs `useradd`).
 pub fn check_privileges(create_accounts: bool) -> Result<(), String> {
     let euid = rustix::process::geteuid();
     if euid.is_root() {
@@ -361,14 +362,30 @@ pub fn check_privileges(create_accounts: bool) -> Result<(), String> {
                 .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         })
         .unwrap_or(0);
-    const CAP_SETGID: u64 = 1 << 6;
-    const CAP_SETUID: u64 = 1 << 7;
-    if caps & CAP_SETUID != 0 && caps & CAP_SETGID != 0 {
+    // Switching accounts is CAP_SETUID/CAP_SETGID; ending a session signals the user's processes
+    // (CAP_KILL); per-user directories are created, chowned, chmodded and walked inside other
+    // accounts' private directories (CAP_CHOWN, CAP_FOWNER, CAP_DAC_OVERRIDE).
+    const NEEDED: &[(u32, &str)] = &[
+        (0, "CAP_CHOWN"),
+        (1, "CAP_DAC_OVERRIDE"),
+        (3, "CAP_FOWNER"),
+        (5, "CAP_KILL"),
+        (6, "CAP_SETGID"),
+        (7, "CAP_SETUID"),
+    ];
+    let missing: Vec<&str> = NEEDED
+        .iter()
+        .filter(|(bit, _)| caps & (1u64 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
     Err(format!(
-        "[session] run_as / [session.accounts] need root or CAP_SETUID and CAP_SETGID to switch accounts; the gateway runs as uid {} without them (remove run_as to run every program as this account)",
-        euid.as_raw()
+        "[session] run_as / [session.accounts] need root or the capabilities {}; the gateway runs as uid {} without {} (remove run_as to run every program as this account)",
+        NEEDED.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", "),
+        euid.as_raw(),
+        missing.join(", ")
     ))
 }
 

@@ -177,6 +177,23 @@ impl Confinement {
     }
 }
 
+/// `capset(2)`'s header (`_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
 /// The part of a [`Confinement`] the child applies to itself.
 #[derive(Debug)]
 pub struct ChildSetup {
@@ -215,6 +232,23 @@ impl ChildSetup {
                 check(libc::setgroups(s.groups.len(), s.groups.as_ptr()))?;
                 check(libc::setresgid(s.gid, s.gid, s.gid))?;
                 check(libc::setresuid(s.uid, s.uid, s.uid))?;
+                // A gateway running with capabilities instead of as root keeps them across a
+                // non-root uid change: drop every one (ambient ones would survive exec).
+                check(libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                ))?;
+                let header = CapHeader {
+                    version: LINUX_CAPABILITY_VERSION_3,
+                    pid: 0,
+                };
+                let data = [CapData::default(); 2];
+                if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
                 // Belt and braces: if root could be regained, the switch did not happen.
                 if libc::setuid(0) == 0 && s.uid != 0 {
                     return Err(io::Error::from_raw_os_error(libc::EPERM));
