@@ -197,6 +197,15 @@ fn each_user_runs_as_their_own_account_and_cannot_read_the_other() {
             path.display()
         );
     }
+    // Her terminal is hers (as with sshd), so programs can reopen it by name.
+    let mut ssh = gw.ssh(&alice);
+    ssh.args(["-tt", "127.0.0.1", "stat -c OWNER=%U $(tty)"]);
+    let out = run(ssh, T);
+    assert_eq!(
+        field(&text(&out.stdout), "OWNER"),
+        acc.name("alice"),
+        "{out:?}"
+    );
     // Alice can.
     let out = ssh_run(
         &gw,
@@ -249,7 +258,13 @@ fn user_ids_cannot_reach_root_or_leave_the_prefix() {
     // the reason on the client's screen and in the log.
     let tmp2 = shared_tmp();
     let key = Keypair::new(tmp2.path(), "root_key");
-    let bare = session(&acc, tmp2.path(), "").replace(
+    let audit = tmp2.path().join("audit.log");
+    let bare = session(
+        &acc,
+        tmp2.path(),
+        &format!("[audit]\npath = \"{}\"\n", audit.display()),
+    )
+    .replace(
         &format!("run_as = \"{}{{user_id}}\"", acc.prefix),
         "run_as = \"{user_id}\"",
     );
@@ -266,6 +281,11 @@ fn user_ids_cannot_reach_root_or_leave_the_prefix() {
         "{all}"
     );
     assert!(gw.wait_log("cannot start the session program", T).is_some());
+    // A security refusal: in the audit log too.
+    assert!(eventually(T, || std::fs::read_to_string(&audit)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains("\"refused\"") && l.contains("uid 0"))));
 }
 
 #[test]

@@ -393,6 +393,12 @@ pub(super) async fn spawn_pty(
     let (fd, pid, prepared) =
         tokio::task::spawn_blocking(move || -> Result<(OwnedFd, Pid, Prepared), LaunchError> {
             let (master, slave) = open_pty(size)?;
+            if let Some((uid, _)) = prepared.confinement.switches_to() {
+                // As sshd does: the terminal belongs to the user it serves, so programs that
+                // reopen it by name (ttyname, pinentry, mesg) can.
+                rustix::fs::fchown(&slave, Some(rustix::fs::Uid::from_raw(uid)), None)
+                    .map_err(other("chown of the PTY to the user's account"))?;
+            }
             if let Err(e) = modes.apply(&master) {
                 tracing::debug!(error = %e, "could not apply the client's terminal modes");
             }

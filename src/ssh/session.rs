@@ -597,7 +597,17 @@ impl Job {
         };
         let mut process = match spawned {
             Ok(p) => p,
-            Err(e) => return self.show_failure(&identity, &e).await,
+            Err(e) => {
+                if let LaunchError::Account(a) = &e {
+                    // No usable account is a security decision: it goes to the audit log too.
+                    self.ctx.ops.emit(Event::Refused {
+                        user: Some(user.clone()),
+                        remote: self.ctx_remote(),
+                        what: a.to_string(),
+                    });
+                }
+                return self.show_failure(&identity, &e).await;
+            }
         };
         tracing::info!(
             user,

@@ -131,6 +131,13 @@ async fn run(
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the session program");
+            if let launcher::LaunchError::Account(a) = &e {
+                ctx.ops.emit(Event::Refused {
+                    user: Some(identity.user_id.to_string()),
+                    remote: live.remote.clone(),
+                    what: a.to_string(),
+                });
+            }
             let _ = socket
                 .send(Message::Text(
                     format!("\r\nThe program could not be started: {e}\r\n").into(),
