@@ -204,11 +204,20 @@ impl AccountPolicy {
                 match lookup(&name)? {
                     Some(u) => u,
                     None => {
-                        self.create_account(&name, user)?;
-                        lookup(&name)?.ok_or_else(|| AccountError::System {
-                            account: name.clone(),
-                            detail: "useradd succeeded but the account cannot be found".into(),
-                        })?
+                        let created = self.create_account(&name, user);
+                        // Another process (a second gateway on this host) may have created it
+                        // between our lookup and useradd: then it exists, and that is fine.
+                        match (lookup(&name)?, created) {
+                            (Some(u), _) => u,
+                            (None, Err(e)) => return Err(e),
+                            (None, Ok(())) => {
+                                return Err(AccountError::System {
+                                    account: name.clone(),
+                                    detail: "useradd succeeded but the account cannot be found"
+                                        .into(),
+                                })
+                            }
+                        }
                     }
                 }
             }
