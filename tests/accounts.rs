@@ -197,6 +197,11 @@ fn each_user_runs_as_their_own_account_and_cannot_read_the_other() {
             path.display()
         );
     }
+    // whoami names the account too.
+    let out = ssh_run(&gw, &alice, "whoami");
+    let who: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(who["user_id"], "alice");
+    assert_eq!(who["account"], acc.name("alice").as_str(), "{who}");
     // Her terminal is hers (as with sshd), so programs can reopen it by name.
     let mut ssh = gw.ssh(&alice);
     ssh.args(["-tt", "127.0.0.1", "stat -c OWNER=%U $(tty)"]);

@@ -79,13 +79,6 @@ impl Identity {
             groups: Vec::new(),
         }
     }
-
-    /// One JSON line (what `ssh host whoami` prints).
-    pub fn to_json_line(&self) -> String {
-        // Serializing these plain fields cannot fail; fall back to a minimal object regardless.
-        serde_json::to_string(self)
-            .unwrap_or_else(|_| format!("{{\"user_id\":{:?}}}", self.user_id.as_str()))
-    }
 }
 
 /// A key whose possession the client proved (a valid signature), but which maps to nobody yet.

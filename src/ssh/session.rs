@@ -377,7 +377,19 @@ impl Job {
     async fn work(self, identity: Identity, work: Work) {
         match work {
             Work::Whoami => {
-                self.print(format!("{}\n", identity.to_json_line())).await;
+                // The identity, plus the Unix account programs run as (as configured; the
+                // account itself is resolved, or created, when a program starts).
+                let launch = self.ctx.launch.load();
+                let account = if launch.accounts.switches_users() {
+                    launch.accounts.name_for(&identity.user_id).ok()
+                } else {
+                    Some(launch.account.name.clone())
+                };
+                let mut json = serde_json::to_value(&identity).unwrap_or_default();
+                if let (Some(obj), Some(a)) = (json.as_object_mut(), account) {
+                    obj.insert("account".into(), a.into());
+                }
+                self.print(format!("{json}\n")).await;
                 finish(&self.writer, 0).await;
             }
             Work::Logout => self.logout(&identity).await,
