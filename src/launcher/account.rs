@@ -123,27 +123,17 @@ pub enum AccountError {
 }
 
 /// How user ids map to accounts, fixed at start from `[session]`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AccountPolicy {
     template: Option<AccountTemplate>,
     map: std::collections::BTreeMap<UserId, AccountName>,
     create: bool,
     home_base: PathBuf,
-    /// Serializes `useradd`, which locks /etc/passwd and fails when run twice at once.
-    creating: Mutex<()>,
 }
 
-impl Clone for AccountPolicy {
-    fn clone(&self) -> Self {
-        AccountPolicy {
-            template: self.template.clone(),
-            map: self.map.clone(),
-            create: self.create,
-            home_base: self.home_base.clone(),
-            creating: Mutex::new(()),
-        }
-    }
-}
+/// Serializes `useradd` in this process (it locks /etc/passwd and fails when run twice at
+/// once); one lock for every policy, since a reload makes a new one.
+static CREATING: Mutex<()> = Mutex::new(());
 
 /// Where an account name came from: the operator's map is trusted more than a template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,7 +150,6 @@ impl AccountPolicy {
             map: cfg.accounts.clone(),
             create: cfg.create_accounts,
             home_base: cfg.home_base.clone(),
-            creating: Mutex::new(()),
         }
     }
 
@@ -199,7 +188,7 @@ impl AccountPolicy {
         let user_entry = match found {
             Some(u) => u,
             None if self.create => {
-                let _one_at_a_time = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+                let _one_at_a_time = CREATING.lock().unwrap_or_else(|p| p.into_inner());
                 // Another session may have created it while this one waited.
                 match lookup(&name)? {
                     Some(u) => u,

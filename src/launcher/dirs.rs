@@ -103,15 +103,13 @@ fn own(dir: &OwnedFd, created: bool, account: &Account) -> io::Result<()> {
 
 /// The index of the first component that belongs to the user: the `{user_id}` component of the
 /// template (the expansion has the same number of components; `expand_path` checks that).
-pub fn first_private(template: &Template) -> usize {
-    Path::new(template.as_str())
-        .components()
-        .position(|c| {
-            c.as_os_str()
-                .to_string_lossy()
-                .contains(USER_ID_PLACEHOLDER)
-        })
-        .unwrap_or(usize::MAX)
+/// `None` when the template has no `{user_id}`.
+pub fn first_private(template: &Template) -> Option<usize> {
+    Path::new(template.as_str()).components().position(|c| {
+        c.as_os_str()
+            .to_string_lossy()
+            .contains(USER_ID_PLACEHOLDER)
+    })
 }
 
 #[cfg(test)]
@@ -129,7 +127,8 @@ mod tests {
         assert!(!is_user_dir_template(&tpl("/var/log/{user_id}.log")));
         assert!(!is_user_dir_template(&tpl("user-{user_id}")));
         assert!(!is_user_dir_template(&tpl("/srv/fixed")));
-        assert_eq!(first_private(&tpl("/srv/{user_id}/work")), 2);
+        assert_eq!(first_private(&tpl("/srv/{user_id}/work")), Some(2));
+        assert_eq!(first_private(&tpl("/srv/fixed")), None);
     }
 
     #[test]

@@ -116,6 +116,16 @@ impl LaunchSpec {
         }
     }
 
+    /// The account `user`'s programs run as, by name, as configured (`None` when none is
+    /// configured for them). Nothing is looked up or created.
+    pub fn account_name(&self, user: &crate::identity::UserId) -> Option<String> {
+        if self.accounts.switches_users() {
+            self.accounts.name_for(user).ok()
+        } else {
+            Some(self.account.name.clone())
+        }
+    }
+
     /// Why the program cannot be started, checked without side effects (no account, no
     /// directories): `None` when it resolves on PATH.
     pub fn program_problem(&self) -> Option<LaunchError> {
@@ -215,7 +225,9 @@ impl LaunchSpec {
             .iter()
             .filter(|(_, t)| dirs::is_user_dir_template(t))
         {
-            dirs::ensure(&expand_path(t, uid)?, dirs::first_private(t), &account)?;
+            if let Some(first) = dirs::first_private(t) {
+                dirs::ensure(&expand_path(t, uid)?, first, &account)?;
+            }
         }
         let path_var = env
             .iter()
@@ -229,17 +241,16 @@ impl LaunchSpec {
                     // No {user_id}: one directory for everyone. Under the gateway's own account
                     // it is private to that account, as before; with per-user accounts it is
                     // the operator's shared directory and is never handed to one of them.
-                    usize::MAX if self.accounts.switches_users() => {
-                        std::fs::create_dir_all(&dir).map_err(|e| LaunchError::Workdir {
+                    None if self.accounts.switches_users() => std::fs::create_dir_all(&dir)
+                        .map_err(|e| LaunchError::Workdir {
                             path: dir.display().to_string(),
                             detail: e.to_string(),
-                        })?
-                    }
-                    usize::MAX => {
+                        })?,
+                    None => {
                         let last = dir.components().count().saturating_sub(1);
                         dirs::ensure(&dir, last, &account)?
                     }
-                    first => dirs::ensure(&dir, first, &account)?,
+                    Some(first) => dirs::ensure(&dir, first, &account)?,
                 }
                 dir
             }

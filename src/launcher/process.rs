@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 use super::confine::CgroupGuard;
-use super::{Confinement, LaunchError, LimitHit, Prepared, TermSize, TerminalModes};
+use super::{Account, Confinement, LaunchError, LimitHit, Prepared, TermSize, TerminalModes};
 
 /// How the program ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +133,7 @@ pub struct Process {
     exit: watch::Receiver<Option<ExitStatus>>,
     group: ProcessGroup,
     confinement: Confinement,
+    account: Account,
 }
 
 impl Process {
@@ -167,12 +168,18 @@ impl Process {
             let mut tick = tokio::time::interval(Duration::from_millis(200));
             loop {
                 tick.tick().await;
-                let c = cg.clone();
-                if let Ok(Some(hit)) = tokio::task::spawn_blocking(move || c.hit()).await {
+                // Two small reads from cgroupfs, which lives in memory: cheaper inline than a
+                // blocking-pool round trip every tick for every session.
+                if let Some(hit) = cg.hit() {
                     return hit;
                 }
             }
         }
+    }
+
+    /// The Unix account the program runs as.
+    pub fn account(&self) -> &Account {
+        &self.account
     }
 
     /// The limits this program runs under (for explaining how it ended).
@@ -459,6 +466,7 @@ pub(super) async fn spawn_pty(
         exit,
         group,
         confinement: prepared.confinement,
+        account: prepared.account,
     })
 }
 
@@ -523,5 +531,6 @@ pub(super) fn spawn_pipes(prepared: Prepared) -> Result<Process, LaunchError> {
             cgroup: prepared.confinement.cgroup.clone(),
         },
         confinement: prepared.confinement,
+        account: prepared.account,
     })
 }

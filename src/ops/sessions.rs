@@ -47,6 +47,24 @@ pub struct LiveSession {
 }
 
 impl LiveSession {
+    /// The `session_end` event for this session, both fronts alike.
+    pub fn end_event(
+        &self,
+        started: std::time::Instant,
+        exit_status: Option<u32>,
+        limit: Option<&'static str>,
+    ) -> super::Event {
+        super::Event::SessionEnd {
+            id: self.id,
+            user: self.user.clone(),
+            duration: started.elapsed(),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            exit_status,
+            limit,
+        }
+    }
+
     /// Notes input from the client.
     pub fn input(&self, n: usize) {
         self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);

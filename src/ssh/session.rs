@@ -379,12 +379,7 @@ impl Job {
             Work::Whoami => {
                 // The identity, plus the Unix account programs run as (as configured; the
                 // account itself is resolved, or created, when a program starts).
-                let launch = self.ctx.launch.load();
-                let account = if launch.accounts.switches_users() {
-                    launch.accounts.name_for(&identity.user_id).ok()
-                } else {
-                    Some(launch.account.name.clone())
-                };
+                let account = self.ctx.launch.load().account_name(&identity.user_id);
                 let mut json = serde_json::to_value(&identity).unwrap_or_default();
                 if let (Some(obj), Some(a)) = (json.as_object_mut(), account) {
                     obj.insert("account".into(), a.into());
@@ -596,10 +591,6 @@ impl Job {
             .pty
             .as_ref()
             .map(|pty| current_size(&self.resize).unwrap_or(pty.size));
-        let account = prepared
-            .as_ref()
-            .map(|p| (p.account.name.clone(), p.account.uid))
-            .unwrap_or_default();
         let spawned = match prepared {
             Ok(p) => match (&self.pty, size) {
                 (Some(pty), Some(size)) => launcher::spawn_pty(p, size, pty.modes.clone()).await,
@@ -626,7 +617,7 @@ impl Job {
             pid = process.pid(),
             session_id = live.id,
             pty = self.pty.is_some(),
-            account = account.0,
+            account = process.account().name,
             "program started"
         );
         self.ctx.ops.emit(Event::SessionStart {
@@ -636,8 +627,8 @@ impl Job {
             command: command.clone(),
             pty: size.map(|s| (s.cols, s.rows)),
             remote: self.ctx_remote(),
-            account: account.0,
-            uid: account.1,
+            account: process.account().name.clone(),
+            uid: process.account().uid,
         });
         let started = std::time::Instant::now();
         let recorder = match (&self.ctx.recording_dir, &self.pty, size) {
@@ -788,15 +779,9 @@ impl Job {
             }
         };
         drop(process);
-        self.ctx.ops.emit(Event::SessionEnd {
-            id: live.id,
-            user,
-            duration: started.elapsed(),
-            bytes_in: live.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
-            bytes_out: live.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
-            exit_status,
-            limit: limit.map(|l| l.as_str()),
-        });
+        self.ctx
+            .ops
+            .emit(live.end_event(started, exit_status, limit.map(|l| l.as_str())));
         drop(guard);
         if let Some(code) = exit_status {
             finish(&self.writer, code).await;

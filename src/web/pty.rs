@@ -119,10 +119,6 @@ async fn run(
     let prepared = tokio::task::spawn_blocking(move || spec.prepare(&id, &env, &[]))
         .await
         .unwrap_or_else(|e| Err(launcher::LaunchError::Other(e.to_string())));
-    let account = prepared
-        .as_ref()
-        .map(|p| (p.account.name.clone(), p.account.uid))
-        .unwrap_or_default();
     let spawned = match prepared {
         Ok(p) => launcher::spawn_pty(p, size, TerminalModes::default()).await,
         Err(e) => Err(e),
@@ -160,8 +156,8 @@ async fn run(
         command: launch.command.join(" "),
         pty: Some((size.cols, size.rows)),
         remote: live.remote.clone(),
-        account: account.0,
-        uid: account.1,
+        account: process.account().name.clone(),
+        uid: process.account().uid,
     });
     let Some(io) = process.take_io() else {
         return;
@@ -267,14 +263,7 @@ async fn run(
                 .await;
         }
     }
-    ctx.ops.emit(Event::SessionEnd {
-        id: live.id,
-        user: identity.user_id.to_string(),
-        duration: started.elapsed(),
-        bytes_in: live.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
-        bytes_out: live.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
-        exit_status,
-        limit: limit.map(|l| l.as_str()),
-    });
+    ctx.ops
+        .emit(live.end_event(started, exit_status, limit.map(|l| l.as_str())));
     drop(guard);
 }
