@@ -27,6 +27,19 @@ procs = []
 ONLY = set()
 REPS = 0
 
+# A VM's hypervisor can take CPU time away in the middle of a run ("steal" in /proc/stat). On the
+# machine the README's numbers come from, PTY throughput and echo p99 followed steal more closely
+# than anything the gateway or sshd did: 100 MB through `script` took 6.5 s at 4% steal and 11 s
+# at 26%. So a run during which more than MAX_STEAL % of the CPU time was stolen is repeated (at
+# most RETRIES times, and within each group's RERUN_BUDGET seconds, so one noisy group cannot eat
+# another's) and the quietest attempt is kept. The steal of every kept run is reported, so a
+# reader can judge the numbers.
+MAX_STEAL = 5.0
+RETRIES = 3
+RERUN_BUDGET = {"connect": 20.0, "pty": 100.0, "channel": 40.0, "echo": 30.0}
+STEAL = {}  # measure group -> steal % of each kept run
+RERUNS = {}  # measure group -> [reruns, seconds spent on them]
+
 
 def want(group):
     return not ONLY or group in ONLY
@@ -66,6 +79,33 @@ def stop_all():
             p.wait(10)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+def steal_ticks():
+    """Clock ticks this VM's CPUs have spent waiting for the hypervisor (0 on bare metal)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    return int(fields[8]) if len(fields) > 8 else 0
+
+
+def quiet(group, fn):
+    """Runs fn(); while too much CPU time was stolen during it, runs it again (bounded) and
+    returns the result of the attempt with the least steal."""
+    best = None
+    for _ in range(1 + RETRIES):
+        before, t0 = steal_ticks(), time.monotonic()
+        value = fn()
+        wall = time.monotonic() - t0
+        stolen = 100.0 * (steal_ticks() - before) / os.sysconf("SC_CLK_TCK") / ((os.cpu_count() or 1) * wall)
+        if best is None or stolen < best[1]:
+            best = (value, stolen)
+        spent = RERUNS.setdefault(group, [0, 0.0])
+        if stolen <= MAX_STEAL or spent[1] + wall > RERUN_BUDGET.get(group, 0.0):
+            break
+        spent[0] += 1
+        spent[1] += wall
+    STEAL.setdefault(group, []).append(best[1])
+    return best[0]
 
 
 def pct(values, q):
@@ -337,16 +377,20 @@ def device_flow(tmp, quick):
 
 
 def main():
+    global GATEWAY, ONLY, REPS, MAX_STEAL
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small N: checks the harness, not the numbers")
     ap.add_argument("--gateway", help="the gateway binary (default: target/release/hermes-ssh-gateway)")
     ap.add_argument("--reps", type=int, default=0,
                     help="repetitions of the throughput measures (default 3; 1 with --quick)")
+    ap.add_argument("--max-steal", type=float, default=MAX_STEAL,
+                    help="rerun a run during which the hypervisor stole more than this %% of the CPU time "
+                         "(default %(default)s; 100 never reruns)")
     ap.add_argument("--only", action="append", default=[],
                     help="measure only these groups: connect, pty, channel, echo, idle, device")
     args = ap.parse_args()
-    global GATEWAY, ONLY, REPS
     ONLY = set(args.only)
+    MAX_STEAL = args.max_steal
     REPS = args.reps
     if args.gateway:
         GATEWAY = args.gateway
@@ -434,8 +478,8 @@ def run(tmp, q, results):
         rounds = 1 if q else (REPS or 5)
         echo = {"gateway": [], "sshd": []}
         for _ in range(rounds):  # interleaved A B A B, a fresh session each round
-            echo["gateway"] += echo_latency(g, key, keys // rounds)
-            echo["sshd"] += echo_latency(s, key, keys // rounds)
+            echo["gateway"] += quiet("echo", lambda: echo_latency(g, key, keys // rounds))
+            echo["sshd"] += quiet("echo", lambda: echo_latency(s, key, keys // rounds))
         record(f"keystroke echo ({keys} keys)", "ms",
                {k: {"median": pct(v, 0.5), "p95": pct(v, 0.95), "p99": pct(v, 0.99), "n": len(v)}
                 for k, v in echo.items()}, "lower")
@@ -452,15 +496,25 @@ def run(tmp, q, results):
         if dev:
             record("device flow: approval → program running (interval 1 s)", "ms",
                    {"gateway": summarize(dev)}, "lower")
+    results["steal"] = {
+        "max_pct": MAX_STEAL,
+        "reruns": sum(r[0] for r in RERUNS.values()),
+        "rerun_seconds": round(sum(r[1] for r in RERUNS.values()), 1),
+        "kept_runs": {k: {"median_pct": round(statistics.median(v), 1), "max_pct": round(max(v), 1), "n": len(v),
+                          "reruns": RERUNS.get(k, [0])[0]}
+                      for k, v in STEAL.items()},
+    }
     print_table(results)
 
 
 def measure_connect(g25519, s, s25519, key, n, record):
     lat = {"gateway": [], "sshd": [], "sshd-curve25519": []}
     for _ in range(n):  # interleaved
-        lat["gateway"] += connect_latency(g25519, key, 1)
-        lat["sshd"] += connect_latency(s, key, 1)
-        lat["sshd-curve25519"] += connect_latency(s25519, key, 1)
+        g1, s1, s2 = quiet("connect", lambda: (connect_latency(g25519, key, 1), connect_latency(s, key, 1),
+                                               connect_latency(s25519, key, 1)))
+        lat["gateway"] += g1
+        lat["sshd"] += s1
+        lat["sshd-curve25519"] += s2
     record("connect + auth + true", "ms", {k: summarize(v) for k, v in lat.items()}, "lower")
 
 
@@ -469,9 +523,9 @@ def measure_pty(g, s, key, q, record):
     reps = REPS or (1 if q else 3)
     thr = {"gateway": [], "sshd": [], "kernel PTY (script)": []}
     for _ in range(reps):
-        thr["gateway"].append(pty_throughput(g, key, mb))
-        thr["sshd"].append(pty_throughput(s, key, mb))
-        thr["kernel PTY (script)"].append(kernel_pty(mb))
+        thr["gateway"].append(quiet("pty", lambda: pty_throughput(g, key, mb)))
+        thr["sshd"].append(quiet("pty", lambda: pty_throughput(s, key, mb)))
+        thr["kernel PTY (script)"].append(quiet("pty", lambda: kernel_pty(mb)))
     record(f"PTY throughput ({mb} MB base64)", "MB/s", {k: summarize(v) for k, v in thr.items()}, "higher")
 
 
@@ -482,7 +536,7 @@ def measure_channel(g, s, key, q, record):
     cpu = {"gateway": [], "sshd": []}
     for _ in range(reps):
         for t in (g, s):
-            r, c = channel_throughput(t, key, gb)
+            r, c = quiet("channel", lambda: channel_throughput(t, key, gb))
             ch[t.name].append(r)
             cpu[t.name].append(c)
     record(f"channel throughput, no PTY ({gb} MB)", "MB/s", {k: summarize(v) for k, v in ch.items()}, "higher")
@@ -521,6 +575,13 @@ def print_table(results):
             if other not in ("unit", "better", "gateway", "sshd"):
                 print(f"| {name}: {other} | | {fmt(d[other])} | "
                       + (f"{gv['median'] / d[other]['median']:.2f}" if gv and 'median' in gv and d[other].get('median') else "—") + " |")
+    st = results.get("steal")
+    if st:
+        kept = ", ".join(f"{k} median {v['median_pct']}% (max {v['max_pct']}%, {v['reruns']} reruns)"
+                         for k, v in st["kept_runs"].items())
+        print(f"\nCPU time stolen by the hypervisor during the kept runs: {kept or 'none measured'}. "
+              f"Runs over {st['max_pct']}% were repeated, within a time budget per group: {st['reruns']} reruns, "
+              f"{st['rerun_seconds']} s.")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,18 @@ fn the_harness_runs_and_prints_a_well_formed_table() {
     assert!(m["gateway"]["median"].as_f64().unwrap() > 0.0);
     assert!(m["sshd"]["median"].as_f64().unwrap() > 0.0);
     assert_eq!(m["gateway"]["n"], 8);
+    // Every kept run's hypervisor steal is reported, one entry per interleaved connect round.
+    let steal = &v["steal"];
+    assert_eq!(steal["kept_runs"]["connect"]["n"], 8, "{steal}");
+    assert!(
+        steal["kept_runs"]["pty"]["median_pct"].as_f64().is_some(),
+        "{steal}"
+    );
+    assert!(steal["reruns"].as_u64().is_some(), "{steal}");
+    assert!(
+        stdout.contains("CPU time stolen by the hypervisor during the kept runs: connect median"),
+        "{stdout}"
+    );
     let idle = &v["metrics"]["10 idle PTY sessions"];
     assert_eq!(idle["gateway"]["accepted"], 10);
     // Every process the harness started is gone.
