@@ -28,6 +28,7 @@ fn the_harness_runs_and_prints_a_well_formed_table() {
     for row in [
         "| connect + auth + true |",
         "| PTY throughput",
+        "script piped into sshd's ssh -T |",
         "| channel throughput, no PTY",
         "| server CPU per GB |",
         "| keystroke echo",
