@@ -411,6 +411,11 @@ fn the_admin_socket_lists_and_ends_sessions_and_refuses_other_users() {
     assert_eq!(sessions[0]["method"], "key");
     assert_eq!(sessions[0]["front"], "ssh");
     assert!(sessions[0]["command"].as_str().unwrap().contains("/bin/sh"));
+    // Without run_as, programs run as the gateway's own account, and the console says which.
+    let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .unwrap()
+        .unwrap();
+    assert_eq!(sessions[0]["account"], me.name.as_str());
 
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(

@@ -18,6 +18,13 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+fn account_or_empty<S: serde::Serializer>(
+    account: &std::sync::OnceLock<String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(account.get().map(String::as_str).unwrap_or(""))
+}
+
 /// One running session.
 #[derive(Debug, Serialize)]
 pub struct LiveSession {
@@ -33,6 +40,9 @@ pub struct LiveSession {
     pub remote: String,
     /// Command line.
     pub command: String,
+    /// The Unix account the program runs as, known once it has started ("" before).
+    #[serde(serialize_with = "account_or_empty")]
+    pub account: std::sync::OnceLock<String>,
     /// Unix ms.
     pub started_ms: u64,
     /// Unix ms of the last input from the client.
@@ -63,6 +73,11 @@ impl LiveSession {
             exit_status,
             limit,
         }
+    }
+
+    /// Records the Unix account the program runs as (once; a session runs one program).
+    pub fn set_account(&self, name: &str) {
+        let _ = self.account.set(name.to_owned());
     }
 
     /// Notes input from the client.
@@ -189,6 +204,7 @@ impl SessionRegistry {
             front: s.front,
             remote: s.remote,
             command: s.command,
+            account: std::sync::OnceLock::new(),
             started_ms: now,
             last_input_ms: AtomicU64::new(now),
             bytes_in: AtomicU64::new(0),

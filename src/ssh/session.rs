@@ -620,6 +620,7 @@ impl Job {
             account = process.account().name,
             "program started"
         );
+        live.set_account(&process.account().name);
         self.ctx.ops.emit(Event::SessionStart {
             id: live.id,
             user: user.clone(),

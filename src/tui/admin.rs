@@ -31,6 +31,9 @@ pub struct SessionRow {
     pub remote: String,
     /// Command.
     pub command: String,
+    /// The Unix account the program runs as ("" until it has started, or from an older node).
+    #[serde(default)]
+    pub account: String,
     /// Unix ms.
     pub started_ms: u64,
     /// Unix ms.
@@ -46,6 +49,40 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> std::io::Result<T> {
         .enable_all()
         .build()?
         .block_on(f))
+}
+
+/// The console's columns: heading and width.
+const COLUMNS: [(&str, Constraint); 12] = [
+    ("ID", Constraint::Length(5)),
+    ("NODE", Constraint::Length(10)),
+    ("USER", Constraint::Length(18)),
+    ("ACCOUNT", Constraint::Length(16)),
+    ("METHOD", Constraint::Length(13)),
+    ("FRONT", Constraint::Length(5)),
+    ("REMOTE", Constraint::Length(16)),
+    ("STARTED", Constraint::Length(8)),
+    ("IDLE", Constraint::Length(7)),
+    ("IN", Constraint::Length(10)),
+    ("OUT", Constraint::Length(10)),
+    ("COMMAND", Constraint::Fill(1)),
+];
+
+/// One session's cells, in the order of `COLUMNS`.
+fn cells(r: &SessionRow) -> [String; 12] {
+    [
+        r.id.to_string(),
+        r.node.clone(),
+        r.user.clone(),
+        r.account.clone(),
+        r.method.clone(),
+        r.front.clone(),
+        r.remote.clone(),
+        ago(r.started_ms),
+        ago(r.last_input_ms),
+        bytes(r.bytes_in),
+        bytes(r.bytes_out),
+        r.command.clone(),
+    ]
 }
 
 /// The list, once.
@@ -94,42 +131,11 @@ pub fn run(socket: &Path) -> std::io::Result<()> {
             terminal.draw(|f| {
                 let [top, bottom] =
                     Layout::vertical([Constraint::Fill(1), Constraint::Length(1)]).areas(f.area());
-                let header = Row::new(
-                    [
-                        "ID", "USER", "METHOD", "FRONT", "REMOTE", "STARTED", "IDLE", "IN", "OUT",
-                        "COMMAND",
-                    ]
-                    .map(|h| Cell::from(h).style(Style::default().add_modifier(Modifier::BOLD))),
-                );
-                let body = rows.iter().map(|r| {
-                    Row::new(vec![
-                        r.id.to_string(),
-                        r.node.clone(),
-                        r.user.clone(),
-                        r.method.clone(),
-                        r.front.clone(),
-                        r.remote.clone(),
-                        ago(r.started_ms),
-                        ago(r.last_input_ms),
-                        bytes(r.bytes_in),
-                        bytes(r.bytes_out),
-                        r.command.clone(),
-                    ])
-                });
-                let widths = [
-                    Constraint::Length(5),
-                    Constraint::Length(10),
-                    Constraint::Length(18),
-                    Constraint::Length(13),
-                    Constraint::Length(5),
-                    Constraint::Length(16),
-                    Constraint::Length(8),
-                    Constraint::Length(7),
-                    Constraint::Length(10),
-                    Constraint::Length(10),
-                    Constraint::Fill(1),
-                ];
-                let table = Table::new(body, widths)
+                let header = Row::new(COLUMNS.map(|(h, _)| {
+                    Cell::from(h).style(Style::default().add_modifier(Modifier::BOLD))
+                }));
+                let body = rows.iter().map(|r| Row::new(cells(r)));
+                let table = Table::new(body, COLUMNS.map(|(_, w)| w))
                     .header(header)
                     .row_highlight_style(Style::default().bg(Color::Blue).fg(Color::White))
                     .block(
@@ -169,4 +175,49 @@ pub fn run(socket: &Path) -> std::io::Result<()> {
     })();
     ratatui::try_restore()?;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_heading_sits_over_its_own_value() {
+        let row = SessionRow {
+            id: 7,
+            node: "node-a".into(),
+            user: "alice".into(),
+            method: "key".into(),
+            front: "ssh".into(),
+            remote: "127.0.0.1:5000".into(),
+            command: "hermes --tui".into(),
+            account: "hermes-alice".into(),
+            started_ms: 0,
+            last_input_ms: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+        };
+        let cells = cells(&row);
+        let at = |h: &str| {
+            let i = COLUMNS.iter().position(|(c, _)| *c == h).unwrap();
+            cells[i].clone()
+        };
+        assert_eq!(at("ID"), "7");
+        assert_eq!(at("NODE"), "node-a");
+        assert_eq!(at("USER"), "alice");
+        assert_eq!(at("ACCOUNT"), "hermes-alice");
+        assert_eq!(at("METHOD"), "key");
+        assert_eq!(at("FRONT"), "ssh");
+        assert_eq!(at("REMOTE"), "127.0.0.1:5000");
+        assert_eq!(at("COMMAND"), "hermes --tui");
+    }
+
+    #[test]
+    fn rows_from_a_node_without_accounts_still_parse() {
+        let json = r#"{"id":1,"user":"bob","method":"key","front":"ssh","remote":"r",
+            "command":"c","started_ms":1,"last_input_ms":1,"bytes_in":0,"bytes_out":0}"#;
+        let row: SessionRow = serde_json::from_str(json).unwrap();
+        assert_eq!(row.account, "");
+        assert_eq!(row.node, "");
+    }
 }

@@ -148,6 +148,7 @@ async fn run(
         session_id = live.id,
         "web session started"
     );
+    live.set_account(&process.account().name);
     let started = std::time::Instant::now();
     ctx.ops.emit(Event::SessionStart {
         id: live.id,
