@@ -75,9 +75,20 @@ impl LiveSession {
         }
     }
 
-    /// Records the Unix account the program runs as (once; a session runs one program).
-    pub fn set_account(&self, name: &str) {
-        let _ = self.account.set(name.to_owned());
+    /// The program started: records the Unix account it runs as (once; a session runs one
+    /// program) and returns the `session_start` event, both fronts alike.
+    pub fn started(&self, pty: Option<(u16, u16)>, account: &str, uid: u32) -> super::Event {
+        let _ = self.account.set(account.to_owned());
+        super::Event::SessionStart {
+            id: self.id,
+            user: self.user.clone(),
+            front: self.front,
+            command: self.command.clone(),
+            pty,
+            remote: self.remote.clone(),
+            account: account.to_owned(),
+            uid,
+        }
     }
 
     /// Notes input from the client.

@@ -620,17 +620,11 @@ impl Job {
             account = process.account().name,
             "program started"
         );
-        live.set_account(&process.account().name);
-        self.ctx.ops.emit(Event::SessionStart {
-            id: live.id,
-            user: user.clone(),
-            front: "ssh",
-            command: command.clone(),
-            pty: size.map(|s| (s.cols, s.rows)),
-            remote: self.ctx_remote(),
-            account: process.account().name.clone(),
-            uid: process.account().uid,
-        });
+        self.ctx.ops.emit(live.started(
+            size.map(|s| (s.cols, s.rows)),
+            &process.account().name,
+            process.account().uid,
+        ));
         let started = std::time::Instant::now();
         let recorder = match (&self.ctx.recording_dir, &self.pty, size) {
             (Some(dir), Some(pty), Some(size)) => {

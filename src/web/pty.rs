@@ -148,18 +148,12 @@ async fn run(
         session_id = live.id,
         "web session started"
     );
-    live.set_account(&process.account().name);
     let started = std::time::Instant::now();
-    ctx.ops.emit(Event::SessionStart {
-        id: live.id,
-        user: identity.user_id.to_string(),
-        front: "web",
-        command: launch.command.join(" "),
-        pty: Some((size.cols, size.rows)),
-        remote: live.remote.clone(),
-        account: process.account().name.clone(),
-        uid: process.account().uid,
-    });
+    ctx.ops.emit(live.started(
+        Some((size.cols, size.rows)),
+        &process.account().name,
+        process.account().uid,
+    ));
     let Some(io) = process.take_io() else {
         return;
     };
