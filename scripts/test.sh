@@ -44,3 +44,5 @@ need pgrep && need pkill || apt_install procps
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets "$@"
+# Nothing a test started may outlive the suite (programs, gateways, IdP, Redis, browsers).
+./scripts/leftovers.sh

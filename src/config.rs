@@ -90,6 +90,12 @@ pub struct LimitsConfig {
     /// On SIGTERM, how long sessions may go on (after a warning line) before they are ended.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Most session channels open at once on one SSH connection (sshd's MaxSessions); a
+    /// connection still signing in may open one.
+    pub max_channels_per_connection: usize,
+    /// IPv6 clients are counted by network for per-address limits and bans: addresses that
+    /// share this many leading bits count as one (a host usually gets a whole /64).
+    pub ipv6_prefix: u8,
 }
 
 impl Default for LimitsConfig {
@@ -102,6 +108,8 @@ impl Default for LimitsConfig {
             auth_failures_before_ban: 10,
             ban_duration: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(10),
+            max_channels_per_connection: 10,
+            ipv6_prefix: 64,
         }
     }
 }
@@ -161,6 +169,48 @@ pub struct WebConfig {
     /// Lifetime of a WebSocket ticket (`POST /api/auth/ws-ticket`).
     #[serde(default = "default_ticket_ttl", with = "humantime_serde")]
     pub ticket_ttl: Duration,
+    /// Most open web connections (browser terminals included); more are closed at accept.
+    #[serde(default = "default_web_max_connections")]
+    pub max_connections: usize,
+    /// Most open web connections from one address (IPv6: one `[limits] ipv6_prefix` network).
+    #[serde(default = "default_web_max_per_address")]
+    pub max_connections_per_address: usize,
+    /// Time for a request's headers to arrive; also how long a keep-alive connection may idle.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Time to answer any request other than a terminal's WebSocket.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Most browser logins in flight (sent to the IdP, not back yet) from one address.
+    #[serde(default = "default_logins_per_address")]
+    pub max_logins_per_address: usize,
+    /// Largest WebSocket message a browser may send (keystrokes, pastes, resizes).
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: bytesize::ByteSize,
+}
+
+fn default_web_max_connections() -> usize {
+    512
+}
+
+fn default_web_max_per_address() -> usize {
+    64
+}
+
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_logins_per_address() -> usize {
+    16
+}
+
+fn default_max_message_size() -> bytesize::ByteSize {
+    bytesize::ByteSize::mib(1)
 }
 
 fn default_ticket_ttl() -> Duration {
@@ -775,6 +825,35 @@ impl Config {
             return Err(invalid(
                 "[limits] max_connections: must be at least 1".into(),
             ));
+        }
+        if let Some(w) = &self.web {
+            let zero = [
+                ("max_connections", w.max_connections == 0),
+                (
+                    "max_connections_per_address",
+                    w.max_connections_per_address == 0,
+                ),
+                ("max_logins_per_address", w.max_logins_per_address == 0),
+                ("header_timeout", w.header_timeout.is_zero()),
+                ("request_timeout", w.request_timeout.is_zero()),
+                ("max_message_size", w.max_message_size.as_u64() < 1024),
+            ];
+            if let Some((key, _)) = zero.iter().find(|(_, bad)| *bad) {
+                return Err(invalid(format!(
+                    "[web] {key}: too small (a zero would refuse every browser)"
+                )));
+            }
+        }
+        if self.limits.max_channels_per_connection == 0 {
+            return Err(invalid(
+                "[limits] max_channels_per_connection: must be at least 1".into(),
+            ));
+        }
+        if !(16..=128).contains(&self.limits.ipv6_prefix) {
+            return Err(invalid(format!(
+                "[limits] ipv6_prefix: {} is not a prefix length from 16 to 128",
+                self.limits.ipv6_prefix
+            )));
         }
         if self.limits.login_grace.is_zero() {
             return Err(invalid("[limits] login_grace: must be more than 0".into()));

@@ -12,7 +12,9 @@ use arc_swap::ArcSwap;
 use hermes_ssh_gateway::config::Config;
 use hermes_ssh_gateway::config::StateBackend;
 use hermes_ssh_gateway::identity::claims::ClaimPolicy;
-use hermes_ssh_gateway::identity::limits::{BanList, Bans, PendingLimiter, PendingSlots};
+use hermes_ssh_gateway::identity::limits::{
+    BanList, Bans, ByNetwork, PendingLimiter, PendingSlots,
+};
 use hermes_ssh_gateway::identity::oidc::{Oidc, OidcSettings};
 use hermes_ssh_gateway::identity::redis::{
     Redis, RedisBans, RedisEnrollments, RedisPending, RedisTickets, SessionDirectory,
@@ -25,7 +27,7 @@ use hermes_ssh_gateway::ops::{admin, metrics, AuditLog, Ops, Shutdown};
 use hermes_ssh_gateway::ssh::{
     hostkey, ConnectionLimits, SessionLimits, SshContext, SshServer, SshSettings, WebLink,
 };
-use hermes_ssh_gateway::web::{SessionStore, WebContext};
+use hermes_ssh_gateway::web::{SessionStore, WebContext, WebLimits};
 
 /// SSH gateway that runs a terminal program (by default `hermes --tui`) and tells it who is
 /// typing, through HERMES_DASHBOARD_USER_ID.
@@ -65,11 +67,18 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
     },
+    /// Internal: the watcher that ends the programs of a gateway that died (started by the
+    /// gateway itself; reads its pipe).
+    #[command(hide = true)]
+    Reaper,
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Some(Command::Reaper) => {
+            std::process::ExitCode::from(hermes_ssh_gateway::launcher::reaper::run() as u8)
+        }
         Some(Command::DemoTui) => match hermes_ssh_gateway::tui::demo::run() {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
@@ -181,6 +190,12 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         generated = origin == hostkey::Origin::Generated,
         "host key"
     );
+
+    // Before any program can start: whatever ends this process, its programs end too.
+    if let Err(e) = hermes_ssh_gateway::launcher::reaper::start() {
+        tracing::error!(error = %e, "cannot start the reaper: programs would outlive a crash of the gateway");
+    }
+    hermes_ssh_gateway::ops::memory::raise_open_files_limit();
 
     let shutdown = Shutdown::default();
     // Background work (watchers, sweepers, retries) stops with the last stage.
@@ -296,6 +311,8 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
                 )),
                 None => Arc::new(PendingLimiter::new(o.max_pending, o.max_pending_per_ip)),
             };
+            let limiter: Arc<dyn PendingSlots> =
+                Arc::new(ByNetwork::new(limiter, config.limits.ipv6_prefix));
             (Some(oidc), Some(limiter), o.enroll_ttl, o.pending_timeout)
         }
         None => (None, None, Duration::ZERO, Duration::from_secs(600)),
@@ -328,6 +345,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             bans
         }
     };
+    let bans: Arc<dyn Bans> = Arc::new(ByNetwork::new(bans, config.limits.ipv6_prefix));
     let web_link = match &config.web {
         Some(w) => {
             let web_listener = tokio::net::TcpListener::bind(w.listen)
@@ -345,6 +363,16 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
                 max_sessions_per_user: config.limits.max_sessions_per_user,
                 session_ttl: w.session_ttl,
                 ticket_ttl: w.ticket_ttl,
+                limits: WebLimits {
+                    max_connections: w.max_connections,
+                    max_connections_per_address: w.max_connections_per_address,
+                    header_timeout: w.header_timeout,
+                    request_timeout: w.request_timeout,
+                    ipv6_prefix: config.limits.ipv6_prefix,
+                },
+                max_logins_per_address: w.max_logins_per_address,
+                max_message_size: usize::try_from(w.max_message_size.as_u64())
+                    .unwrap_or(usize::MAX),
             });
             tasks.push(tokio::spawn(hermes_ssh_gateway::web::serve(
                 web_listener,
@@ -365,6 +393,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         limits: SessionLimits {
             max_sessions_per_user: config.limits.max_sessions_per_user,
             idle_timeout: config.limits.idle_timeout,
+            max_channels_per_connection: config.limits.max_channels_per_connection,
         },
         shutdown: shutdown.clone(),
         recording_dir: config.recording.as_ref().map(|r| r.dir.clone()),

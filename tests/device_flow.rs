@@ -39,17 +39,7 @@ fn setup(oidc_extra: &str, idp_env: &[(&str, &str)]) -> Setup {
 }
 
 fn pty_args(gw: &Gateway, key: &Keypair, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    a.extend(ssh_base_args(gw.port));
-    // Interactive users have keyboard-interactive; BatchMode (in the base args) would disable it.
-    let pos = a.iter().position(|x| x == "BatchMode=yes").unwrap();
-    a[pos] = "BatchMode=no".into();
-    a.extend([
-        "-i".into(),
-        key.private.display().to_string(),
-        "127.0.0.1".into(),
-    ]);
-    a
+    gw.signin_args(key, extra)
 }
 
 /// Starts an interactive sign-in and returns the client and the URL it shows.

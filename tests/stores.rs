@@ -7,8 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::redis::RedisServer;
-use hermes_ssh_gateway::identity::limits::{BanList, Bans};
-use hermes_ssh_gateway::identity::redis::{Redis, RedisBans, RedisEnrollments, RedisTickets};
+use hermes_ssh_gateway::identity::limits::{
+    BanList, Bans, LimitError, PendingLimiter, PendingSlots,
+};
+use hermes_ssh_gateway::identity::redis::{
+    Redis, RedisBans, RedisEnrollments, RedisPending, RedisTickets,
+};
 use hermes_ssh_gateway::identity::store::{Enrollment, EnrollmentStore, FileEnrollmentStore};
 use hermes_ssh_gateway::identity::tickets::{
     MemoryTicketStore, Purpose, TicketRefusal, TicketStore,
@@ -121,4 +125,85 @@ async fn redis_backend() {
     ticket_suite(Arc::new(RedisTickets(redis.clone()))).await;
     enrollment_suite(Arc::new(RedisEnrollments(redis.clone()))).await;
     ban_suite(Arc::new(RedisBans::new(redis, 3, Duration::from_secs(60)))).await;
+}
+
+/// Pending slots, for both backends: caps, release, and (the attack) slots a dead node never
+/// released stop counting after the TTL, however busy the other nodes keep the counters, and a
+/// late release cannot push a count below zero.
+async fn pending_suite(make: impl Fn(Duration) -> Arc<dyn PendingSlots>, shared_ttl: bool) {
+    let ip: std::net::IpAddr = "127.0.0.7".parse().unwrap();
+    let slots = make(Duration::from_secs(60));
+    let a = slots.acquire(Some(ip)).await.unwrap();
+    let _b = slots.acquire(Some(ip)).await.unwrap();
+    assert_eq!(
+        slots.acquire(Some(ip)).await.unwrap_err(),
+        LimitError::PerAddress(2)
+    );
+    drop(a);
+    assert!(
+        common::eventually_async(Duration::from_secs(5), || async {
+            slots.acquire(Some(ip)).await.map(std::mem::forget).is_ok()
+        })
+        .await,
+        "a released slot is free again"
+    );
+    if !shared_ttl {
+        return;
+    }
+    // A node dies holding slots: its permits are never dropped.
+    let dead = make(Duration::from_millis(300));
+    let other: std::net::IpAddr = "127.0.0.8".parse().unwrap();
+    std::mem::forget(dead.acquire(Some(other)).await.unwrap());
+    std::mem::forget(dead.acquire(Some(other)).await.unwrap());
+    let busy = make(Duration::from_secs(60));
+    // Other nodes keep acquiring from the same address meanwhile (each try is refused while
+    // the leaked slots count, and must not extend their life).
+    let freed = common::eventually_async(Duration::from_secs(15), || async {
+        match busy.acquire(Some(other)).await {
+            Ok(p) => {
+                drop(p);
+                true
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(freed, "slots of a dead node expire");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_slots_memory() {
+    pending_suite(|_| Arc::new(PendingLimiter::new(100, 2)), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_slots_redis_expire_and_never_go_negative() {
+    let server = RedisServer::start();
+    let redis = Redis::open(&server.url().into()).unwrap();
+    let r = redis.clone();
+    pending_suite(
+        move |ttl| Arc::new(RedisPending::new(r.clone(), 100, 2, ttl)),
+        true,
+    )
+    .await;
+    // Releases after expiry leave nothing behind: no key holds a negative or stale count.
+    let slots = RedisPending::new(redis.clone(), 100, 2, Duration::from_millis(100));
+    let ip: std::net::IpAddr = "127.0.0.9".parse().unwrap();
+    let p = slots.acquire(Some(ip)).await.unwrap();
+    let key = "hermes:pending:ip:127.0.0.9";
+    let kind = || async {
+        let k: String = redis.query(redis::cmd("TYPE").arg(key)).await.unwrap();
+        k
+    };
+    assert_eq!(kind().await, "zset");
+    assert!(
+        common::eventually_async(Duration::from_secs(10), || async { kind().await == "none" })
+            .await,
+        "the entry expires by itself"
+    );
+    drop(p);
+    // The late release must not recreate the key (a DECR would have left -1 with no expiry).
+    tokio::task::yield_now().await;
+    let n: i64 = redis.query(redis::cmd("EXISTS").arg(key)).await.unwrap();
+    assert_eq!(n, 0);
 }

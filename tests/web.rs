@@ -50,26 +50,7 @@ fn setup_with(extra_session: &str, extra_web: &str) -> Web {
 
 /// Logs `user` in through the IdP, as a browser would (following every redirect).
 fn login(w: &Web, user: &str) -> reqwest::blocking::Client {
-    let b = browser();
-    let r = b.get(format!("{}/auth/login", w.url)).send().unwrap();
-    let interaction = r.url().to_string();
-    assert!(
-        interaction.contains("/interaction/"),
-        "at the IdP: {interaction}"
-    );
-    let r = b
-        .post(format!("{interaction}/login"))
-        .form(&[("login", user)])
-        .send()
-        .unwrap();
-    assert!(
-        r.url().as_str().starts_with(&w.url),
-        "back at the gateway: {}",
-        r.url()
-    );
-    let page = r.text().unwrap();
-    assert!(page.contains("xterm.js") && page.contains(user), "{page}");
-    b
+    common::idp::browser_login(&w.url, user)
 }
 
 fn me(w: &Web, b: &reqwest::blocking::Client) -> (u16, serde_json::Value) {

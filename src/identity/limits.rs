@@ -277,3 +277,108 @@ mod ban_tests {
         assert!(!BanList::new(0, std::time::Duration::from_secs(1)).failure(ip));
     }
 }
+
+/// The address limits and bans count `ip` as: IPv4 addresses (and IPv4-mapped IPv6 ones) as
+/// themselves, IPv6 addresses by their first `v6_prefix` bits. One host usually holds a whole
+/// /64, so counting full IPv6 addresses would give it 2^64 fresh identities.
+pub fn address_group(ip: IpAddr, v6_prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6);
+                let keep = u32::from(v6_prefix.min(128));
+                let mask = u128::MAX.checked_shl(128 - keep).unwrap_or(0);
+                IpAddr::V6((bits & mask).into())
+            }
+        },
+    }
+}
+
+/// Bans and pending slots counted per network ([`address_group`]) instead of per address.
+pub struct ByNetwork<T: ?Sized> {
+    inner: Arc<T>,
+    v6_prefix: u8,
+}
+
+impl<T: ?Sized> ByNetwork<T> {
+    /// Counts through `inner`, grouping IPv6 addresses by their first `v6_prefix` bits.
+    pub fn new(inner: Arc<T>, v6_prefix: u8) -> ByNetwork<T> {
+        ByNetwork { inner, v6_prefix }
+    }
+
+    fn group(&self, ip: IpAddr) -> IpAddr {
+        address_group(ip, self.v6_prefix)
+    }
+}
+
+#[async_trait::async_trait]
+impl<T: Bans + ?Sized> Bans for ByNetwork<T> {
+    async fn is_banned(&self, ip: IpAddr) -> bool {
+        self.inner.is_banned(self.group(ip)).await
+    }
+    async fn failure(&self, ip: IpAddr) -> bool {
+        self.inner.failure(self.group(ip)).await
+    }
+    async fn success(&self, ip: IpAddr) {
+        self.inner.success(self.group(ip)).await
+    }
+}
+
+#[async_trait::async_trait]
+impl<T: PendingSlots + ?Sized> PendingSlots for ByNetwork<T> {
+    async fn acquire(&self, ip: Option<IpAddr>) -> Result<PendingPermit, LimitError> {
+        self.inner.acquire(ip.map(|i| self.group(i))).await
+    }
+}
+
+#[cfg(test)]
+mod network_tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_addresses_count_by_prefix_and_ipv4_by_address() {
+        let g = |s: &str, p| address_group(s.parse().unwrap(), p).to_string();
+        assert_eq!(g("2001:db8:1:2:aaaa::1", 64), "2001:db8:1:2::");
+        assert_eq!(g("2001:db8:1:2:bbbb::9", 64), "2001:db8:1:2::");
+        assert_eq!(g("2001:db8:1:3::1", 64), "2001:db8:1:3::");
+        assert_eq!(g("2001:db8:1:2:aaaa::1", 128), "2001:db8:1:2:aaaa::1");
+        assert_eq!(g("2001:db8:1:2:aaaa::1", 48), "2001:db8:1::");
+        assert_eq!(g("::ffff:10.1.2.3", 64), "10.1.2.3");
+        assert_eq!(g("10.1.2.3", 64), "10.1.2.3");
+    }
+
+    #[tokio::test]
+    async fn one_network_shares_its_pending_slots_and_ban() {
+        let slots = ByNetwork::new(Arc::new(PendingLimiter::new(10, 2)), 64);
+        let _a = slots
+            .acquire(Some("2001:db8::1".parse().unwrap()))
+            .await
+            .unwrap();
+        let _b = slots
+            .acquire(Some("2001:db8::2".parse().unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(
+            slots
+                .acquire(Some("2001:db8::3".parse().unwrap()))
+                .await
+                .unwrap_err(),
+            LimitError::PerAddress(2)
+        );
+        assert!(slots
+            .acquire(Some("2001:db9::1".parse().unwrap()))
+            .await
+            .is_ok());
+
+        let bans = ByNetwork::new(
+            Arc::new(BanList::new(2, std::time::Duration::from_secs(60))),
+            64,
+        );
+        assert!(!bans.failure("2001:db8::a".parse().unwrap()).await);
+        assert!(bans.failure("2001:db8::b".parse().unwrap()).await);
+        assert!(bans.is_banned("2001:db8::c".parse().unwrap()).await);
+        assert!(!bans.is_banned("2001:db9::c".parse().unwrap()).await);
+    }
+}

@@ -405,9 +405,12 @@ impl SessionDirectory {
     }
 }
 
-/// Pending sign-ins counted across nodes (`hermes:pending:all`, `hermes:pending:ip:<ip>`), each
-/// count expiring after `ttl` so a node that dies cannot hold slots forever. When Redis is
-/// unreachable, this node's own limiter still bounds what it lets through.
+/// Pending sign-ins counted across nodes. Each pending connection is one entry, with its own
+/// expiry, in two sorted sets (`hermes:pending:all`, `hermes:pending:ip:<ip>`) scored by when it
+/// expires: a node that dies leaves entries that stop counting after `ttl`, however busy the
+/// others keep the sets, and a release removes exactly its own entry (no counter can go
+/// negative). When Redis is unreachable, this node's own limiter still bounds what it lets
+/// through.
 pub struct RedisPending {
     redis: Arc<Redis>,
     max_total: usize,
@@ -441,14 +444,19 @@ impl super::limits::PendingSlots for RedisPending {
         ip: Option<IpAddr>,
     ) -> Result<super::limits::PendingPermit, super::limits::LimitError> {
         use super::limits::LimitError;
+        // Server time, so nodes with skewed clocks agree on what has expired.
         let script = redis::Script::new(
-            r"local all = redis.call('INCR', KEYS[1]); redis.call('EXPIRE', KEYS[1], ARGV[3])
-              local ip = redis.call('INCR', KEYS[2]); redis.call('EXPIRE', KEYS[2], ARGV[3])
-              if all > tonumber(ARGV[1]) or ip > tonumber(ARGV[2]) then
-                redis.call('DECR', KEYS[1]); redis.call('DECR', KEYS[2])
-                if all > tonumber(ARGV[1]) then return 1 end
-                return 2
-              end
+            r"local t = redis.call('TIME')
+              local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+              local ttl = tonumber(ARGV[3])
+              redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+              redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+              if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 1 end
+              if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then return 2 end
+              redis.call('ZADD', KEYS[1], now + ttl, ARGV[4])
+              redis.call('ZADD', KEYS[2], now + ttl, ARGV[4])
+              redis.call('PEXPIRE', KEYS[1], ttl)
+              redis.call('PEXPIRE', KEYS[2], ttl)
               return 0",
         );
         let ip_key = key(
@@ -456,10 +464,15 @@ impl super::limits::PendingSlots for RedisPending {
             &ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
         );
         let keys = vec![key("pending", "all"), ip_key];
+        let member = random_token().expose_secret().to_owned();
         let args = vec![
             self.max_total.to_string(),
             self.max_per_ip.to_string(),
-            self.ttl.as_secs().max(1).to_string(),
+            // A little past the pending timeout: the connection is closed by then.
+            (self.ttl + (self.ttl / 2).min(Duration::from_secs(5)))
+                .as_millis()
+                .to_string(),
+            member.clone(),
         ];
         match self.redis.script::<i64>(&script, &keys, &args).await {
             Ok(0) => {
@@ -468,7 +481,9 @@ impl super::limits::PendingSlots for RedisPending {
                     if let Ok(rt) = tokio::runtime::Handle::try_current() {
                         rt.spawn(async move {
                             for k in keys {
-                                let _ = redis.query::<i64>(redis::cmd("DECR").arg(k)).await;
+                                let _ = redis
+                                    .query::<i64>(redis::cmd("ZREM").arg(k).arg(&member))
+                                    .await;
                             }
                         });
                     }

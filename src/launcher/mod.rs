@@ -11,6 +11,7 @@ pub mod confine;
 pub mod dirs;
 pub mod env;
 pub mod process;
+pub mod reaper;
 mod termios;
 
 use std::path::{Component, Path, PathBuf};

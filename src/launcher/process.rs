@@ -74,6 +74,7 @@ impl ProcessGroup {
     /// left after the grace period.
     pub async fn terminate(&self) {
         if !self.is_alive() {
+            super::reaper::forget(self.id());
             return;
         }
         let _ = rustix::process::kill_process_group(self.pgid, Signal::HUP);
@@ -82,6 +83,7 @@ impl ProcessGroup {
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
             if !self.is_alive() {
+                super::reaper::forget(self.id());
                 return;
             }
         }
@@ -93,6 +95,7 @@ impl ProcessGroup {
         if let Some(cg) = self.cgroup.clone() {
             let _ = tokio::task::spawn_blocking(move || cg.kill_all()).await;
         }
+        super::reaper::forget(self.id());
     }
 }
 
@@ -211,6 +214,7 @@ impl Drop for Process {
     fn drop(&mut self) {
         let group = self.group.clone();
         if !group.is_alive() {
+            super::reaper::forget(group.id());
             return;
         }
         match tokio::runtime::Handle::try_current() {
@@ -219,6 +223,7 @@ impl Drop for Process {
             }
             Err(_) => {
                 let _ = rustix::process::kill_process_group(group.pgid, Signal::KILL);
+                super::reaper::forget(group.id());
             }
         }
     }
@@ -430,6 +435,7 @@ pub(super) async fn spawn_pty(
             drop(cmd);
             drop(slave);
             let pid = pid_of(child.id())?;
+            super::reaper::watch(pid.as_raw_nonzero().get());
             // We reap through the pidfd; the std Child is dropped without waiting.
             drop(child);
             rustix::fs::fcntl_setfl(
@@ -502,6 +508,7 @@ pub(super) fn spawn_pipes(prepared: Prepared) -> Result<Process, LaunchError> {
         .spawn()
         .map_err(|e| classify_spawn_error(&prepared, &e.to_string()))?;
     let pid = pid_of(child.id().unwrap_or(0))?;
+    super::reaper::watch(pid.as_raw_nonzero().get());
     let (Some(stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {

@@ -51,3 +51,19 @@ fn trim() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim() {}
+
+/// Raises the open-files soft limit to the hard limit. Every front shares one descriptor table:
+/// at the common default of 1,024, a flood of half-open connections on one front would make
+/// `accept` fail with EMFILE on all of them before any per-front cap is reached.
+pub fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        let from = l.current;
+        l.current = l.maximum;
+        match setrlimit(Resource::Nofile, l) {
+            Ok(()) => tracing::debug!(?from, to = ?l.current, "raised the open-files limit"),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+        }
+    }
+}

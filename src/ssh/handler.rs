@@ -9,8 +9,8 @@ use russh::server::{Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, Pty};
 use tracing::Span;
 
-use super::auth::{fp, Authenticator, Decision, KbdDecision};
-use super::server::AuthProgress;
+use super::auth::{fp, Authenticator, Decision, KbdDecision, Principal};
+use super::server::{AuthProgress, Stage};
 use super::session::{Channels, PtyParams, Request};
 use super::SshContext;
 use crate::launcher::{ControlChar, ModeFlag, TermSize, TerminalModes};
@@ -38,6 +38,7 @@ impl ConnectionHandler {
     ) -> ConnectionHandler {
         ConnectionHandler {
             remote: remote.map(|r| r.to_string()).unwrap_or_default(),
+            channels: Channels::new(ctx.clone(), remote, progress.clone(), span.clone()),
             progress,
             auth: Authenticator::new(
                 ctx.registry.clone(),
@@ -45,7 +46,6 @@ impl ConnectionHandler {
                 ctx.limiter.clone(),
                 remote,
             ),
-            channels: Channels::new(ctx.clone(), remote, span.clone()),
             ctx,
             user: None,
             span,
@@ -176,23 +176,20 @@ impl russh::server::Handler for ConnectionHandler {
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
-        self.progress.succeed();
-        if let Ok(ip) = self.remote.parse() {
-            self.ctx.bans.success(ip).await;
-        }
-        if let Some(p) = self.auth.take_principal() {
-            let handle = session.handle();
-            self.channels.set_principal(p, move || {
-                tokio::spawn(async move {
-                    let _ = handle
-                        .disconnect(
-                            russh::Disconnect::ByApplication,
-                            "sign-in took too long".into(),
-                            "en".into(),
-                        )
-                        .await;
-                })
-            });
+        let _ = session;
+        match self.auth.take_principal() {
+            Some(p @ Principal::Identity(_)) => {
+                // Only a real sign-in clears the address's failures: being admitted to device
+                // sign-in proves nothing yet.
+                self.ctx.bans_success(self.remote.parse().ok()).await;
+                self.progress.set(Stage::SignedIn);
+                self.channels.set_principal(p);
+            }
+            Some(p @ Principal::Pending(_)) => {
+                self.progress.set(Stage::Pending);
+                self.channels.set_principal(p);
+            }
+            None => {}
         }
         Ok(())
     }
@@ -203,8 +200,18 @@ impl russh::server::Handler for ConnectionHandler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply.accept().await;
-        self.channels.open(channel);
+        match self.channels.may_open(&self.progress.stage()) {
+            Ok(()) => {
+                reply.accept().await;
+                self.channels.open(channel);
+            }
+            Err(why) => {
+                self.refuse(&format!("session channel: {why}"));
+                reply
+                    .reject(russh::ChannelOpenFailure::ResourceShortage)
+                    .await;
+            }
+        }
         Ok(())
     }
 

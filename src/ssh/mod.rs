@@ -31,6 +31,8 @@ pub struct SessionLimits {
     pub max_sessions_per_user: usize,
     /// End sessions without input for this long (zero: never).
     pub idle_timeout: Duration,
+    /// Most session channels open at once on one connection.
+    pub max_channels_per_connection: usize,
 }
 
 /// What every connection shares.
@@ -65,6 +67,15 @@ pub struct SshContext {
     pub pending_timeout: Duration,
     /// `ssh host link`: tickets and the web front's URL, when the web front runs.
     pub web_link: Option<WebLink>,
+}
+
+impl SshContext {
+    /// A user signed in from `remote`: its address's failed attempts are forgiven.
+    pub async fn bans_success(&self, remote: Option<std::net::IpAddr>) {
+        if let Some(ip) = remote {
+            self.bans.success(ip).await;
+        }
+    }
 }
 
 /// What `ssh host link` needs: the shared ticket store and where the browser goes.

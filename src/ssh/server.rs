@@ -9,8 +9,13 @@ use russh::server::Config as RusshConfig;
 use russh::MethodKind;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::identity::limits::Bans;
@@ -18,6 +23,7 @@ use crate::ops::{Event, Shutdown};
 use tracing::Instrument;
 
 use super::handler::ConnectionHandler;
+use super::quickack::QuickAck;
 use super::SshContext;
 
 /// Protocol settings of the SSH front.
@@ -94,71 +100,17 @@ impl SshServer {
                 continue;
             };
             let span = tracing::info_span!("conn", peer = %peer, user = tracing::field::Empty);
-            let config = self.config.clone();
-            let ctx = self.ctx.clone();
-            let terminate = shutdown.terminate.clone();
-            let bans = bans.clone();
-            let login_grace = limits.login_grace;
+            let conn = Connection {
+                config: self.config.clone(),
+                ctx: self.ctx.clone(),
+                bans: bans.clone(),
+                login_grace: limits.login_grace,
+                terminate: shutdown.terminate.clone(),
+            };
             tracker.spawn(
                 async move {
                     let _slot = slot;
-                    // A banned address gets no SSH work at all (checked here, not in the accept
-                    // loop, so a shared store's round trip never holds up other accepts).
-                    if bans.is_banned(peer.ip()).await {
-                        tracing::debug!("refused: address is banned");
-                        ctx.ops.emit(Event::ConnectionRefused { remote: peer.ip().to_string(), reason: "banned".into() });
-                        return;
-                    }
-                    let _ = socket.set_nodelay(true);
-                    let progress = Arc::new(AuthProgress::default());
-                    let handler = ConnectionHandler::new(ctx.clone(), Some(peer.ip()), progress.clone(), tracing::Span::current());
-                    ctx.ops.emit(Event::Connection { opened: true });
-                    tracing::debug!("connected");
-                    // The grace time starts at accept: a client that never even sends its version
-                    // line is dropped too (russh waits for it inside run_stream).
-                    let deadline = tokio::time::Instant::now() + login_grace;
-                    let started = tokio::time::timeout_at(deadline, russh::server::run_stream(config, super::quickack::QuickAck(socket), handler)).await;
-                    if started.is_err() {
-                        tracing::info!("login grace time over before the handshake; disconnecting");
-                    }
-                    if let Ok(Ok(session)) = started {
-                        let handle = session.handle();
-                        let grace = tokio::time::sleep_until(deadline);
-                        tokio::pin!(grace);
-                        let mut session = std::pin::pin!(session);
-                        let mut grace_armed = true;
-                        let reason = loop {
-                            tokio::select! {
-                                r = &mut session => {
-                                    if let Err(e) = r {
-                                        tracing::debug!(error = %e, "connection ended with an error");
-                                    }
-                                    break None;
-                                }
-                                _ = &mut grace, if grace_armed => {
-                                    grace_armed = false;
-                                    // Checked when the timer fires, not when the wait began.
-                                    if !progress.authenticated() {
-                                        tracing::info!("login grace time over; disconnecting");
-                                        break Some("login grace time exceeded");
-                                    }
-                                }
-                                _ = terminate.cancelled() => break Some("the gateway is shutting down"),
-                            }
-                        };
-                        if let Some(reason) = reason {
-                            let _ = handle
-                                .disconnect(russh::Disconnect::ByApplication, reason.into(), "en".into())
-                                .await;
-                        }
-                    } else {
-                        tracing::debug!("handshake failed");
-                    }
-                    if !progress.authenticated() && progress.attempted() && bans.failure(peer.ip()).await {
-                        tracing::warn!(ip = %peer.ip(), "address banned after repeated failed logins");
-                    }
-                    ctx.ops.emit(Event::Connection { opened: false });
-                    tracing::debug!("disconnected");
+                    conn.run(socket, peer).await;
                 }
                 .instrument(span),
             );
@@ -180,11 +132,33 @@ pub struct ConnectionLimits {
     pub bans: Arc<dyn Bans>,
 }
 
+/// How far a connection has come; the listener task acts on every change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stage {
+    /// Accepted, not yet authenticated: `login_grace` runs.
+    Connecting,
+    /// Admitted to device sign-in only: `pending_timeout` runs.
+    Pending,
+    /// Authenticated as a user.
+    SignedIn,
+    /// A sign-in failed, was denied, expired or was cancelled: the connection ends now.
+    Failed(String),
+}
+
 /// What a connection's authentication has reached, shared with its listener task.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AuthProgress {
     attempted: AtomicBool,
-    authenticated: AtomicBool,
+    stage: watch::Sender<Stage>,
+}
+
+impl Default for AuthProgress {
+    fn default() -> Self {
+        AuthProgress {
+            attempted: AtomicBool::new(false),
+            stage: watch::Sender::new(Stage::Connecting),
+        }
+    }
 }
 
 impl AuthProgress {
@@ -192,16 +166,162 @@ impl AuthProgress {
     pub fn attempt(&self) {
         self.attempted.store(true, Ordering::Relaxed);
     }
-    /// The connection is authenticated (or admitted to sign in).
-    pub fn succeed(&self) {
-        self.authenticated.store(true, Ordering::Relaxed);
-    }
-    /// Whether it is.
-    pub fn authenticated(&self) -> bool {
-        self.authenticated.load(Ordering::Relaxed)
-    }
     /// Whether a credential was tried.
     pub fn attempted(&self) -> bool {
         self.attempted.load(Ordering::Relaxed)
+    }
+    /// Moves the connection to `stage` (a failed connection stays failed).
+    pub fn set(&self, stage: Stage) {
+        self.stage.send_if_modified(|s| {
+            if matches!(s, Stage::Failed(_)) || *s == stage {
+                return false;
+            }
+            *s = stage;
+            true
+        });
+    }
+    /// Where the connection is now.
+    pub fn stage(&self) -> Stage {
+        self.stage.borrow().clone()
+    }
+    /// Whether the connection is signed in as a user.
+    pub fn signed_in(&self) -> bool {
+        *self.stage.borrow() == Stage::SignedIn
+    }
+}
+
+/// One accepted connection and what it needs from the listener.
+struct Connection {
+    config: Arc<RusshConfig>,
+    ctx: Arc<SshContext>,
+    bans: Arc<dyn Bans>,
+    login_grace: Duration,
+    terminate: CancellationToken,
+}
+
+/// How long a disconnect may take before the socket is shut under the session.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
+
+impl Connection {
+    async fn run(self, socket: TcpStream, peer: SocketAddr) {
+        let ctx = &self.ctx;
+        // A banned address gets no SSH work at all (checked here, not in the accept loop, so a
+        // shared store's round trip never holds up other accepts).
+        if self.bans.is_banned(peer.ip()).await {
+            tracing::debug!("refused: address is banned");
+            ctx.ops.emit(Event::ConnectionRefused {
+                remote: peer.ip().to_string(),
+                reason: "banned".into(),
+            });
+            return;
+        }
+        let _ = socket.set_nodelay(true);
+        // A second handle on the socket, so the connection can be cut whatever state the SSH
+        // session is in (russh only reads its queue between packets, and a client that stops
+        // mid-handshake never sends the next one).
+        let cut = socket.as_fd().try_clone_to_owned().ok();
+        let progress = Arc::new(AuthProgress::default());
+        let handler = ConnectionHandler::new(
+            ctx.clone(),
+            Some(peer.ip()),
+            progress.clone(),
+            tracing::Span::current(),
+        );
+        ctx.ops.emit(Event::Connection { opened: true });
+        tracing::debug!("connected");
+        // The grace time starts at accept: a client that never even sends its version line is
+        // dropped too (russh waits for it inside run_stream).
+        let deadline = tokio::time::Instant::now() + self.login_grace;
+        let started = tokio::time::timeout_at(
+            deadline,
+            russh::server::run_stream(self.config.clone(), QuickAck(socket), handler),
+        )
+        .await;
+        match started {
+            Ok(Ok(session)) => self.supervise(session, &progress, deadline, cut).await,
+            Ok(Err(e)) => tracing::debug!(error = %e, "handshake failed"),
+            Err(_) => tracing::info!("login grace time over before the handshake; disconnecting"),
+        }
+        if !progress.signed_in() && progress.attempted() && self.bans.failure(peer.ip()).await {
+            tracing::warn!(ip = %peer.ip(), "address banned after repeated failed logins");
+        }
+        ctx.ops.emit(Event::Connection { opened: false });
+        tracing::debug!("disconnected");
+    }
+
+    /// Runs the session until it ends or one of the connection's timers or stages ends it.
+    async fn supervise(
+        &self,
+        session: russh::server::RunningSession<ConnectionHandler>,
+        progress: &AuthProgress,
+        grace_deadline: tokio::time::Instant,
+        cut: Option<OwnedFd>,
+    ) {
+        let handle = session.handle();
+        let mut session = std::pin::pin!(session);
+        let mut stage = progress.stage.subscribe();
+        let grace = tokio::time::sleep_until(grace_deadline);
+        tokio::pin!(grace);
+        let pending = tokio::time::sleep(Duration::from_secs(365 * 86400));
+        tokio::pin!(pending);
+        let mut pending_armed = false;
+        let reason = loop {
+            let now = stage.borrow_and_update().clone();
+            if let Stage::Failed(reason) = now {
+                // The client has the reason line and the channel's close: an OpenSSH client
+                // hangs up by itself then, and keeps the exit status it was sent.
+                if tokio::time::timeout(DISCONNECT_GRACE, &mut session)
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+                break reason;
+            }
+            let connecting = now == Stage::Connecting;
+            let waiting = now == Stage::Pending;
+            if waiting && !pending_armed {
+                pending_armed = true;
+                pending
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + self.ctx.pending_timeout);
+            }
+            tokio::select! {
+                r = &mut session => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = &mut grace, if connecting => {
+                    tracing::info!("login grace time over; disconnecting");
+                    break "login grace time exceeded".into();
+                }
+                _ = &mut pending, if pending_armed && !progress.signed_in() => {
+                    tracing::info!(timeout = ?self.ctx.pending_timeout, "still not signed in; disconnecting");
+                    break "sign-in took too long".into();
+                }
+                r = stage.changed() => if r.is_err() { return },
+                _ = self.terminate.cancelled() => break "the gateway is shutting down".into(),
+            }
+        };
+        // Ask politely (the client learns why), then cut the socket under a session that does
+        // not get to it: one stalled mid-handshake never reads its queue.
+        let polite = async {
+            let _ = handle
+                .disconnect(russh::Disconnect::ByApplication, reason, "en".into())
+                .await;
+            (&mut session).await
+        };
+        if tokio::time::timeout(DISCONNECT_GRACE, polite)
+            .await
+            .is_err()
+        {
+            tracing::debug!("session did not close; cutting the connection");
+            if let Some(fd) = &cut {
+                let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Both);
+            }
+            let _ = tokio::time::timeout(DISCONNECT_GRACE, &mut session).await;
+        }
     }
 }

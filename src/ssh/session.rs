@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 
 use super::auth::Principal;
+use super::server::{AuthProgress, Stage};
 use super::SshContext;
 use crate::config::ExecPolicy;
 use crate::identity::store::Enrollment;
@@ -100,58 +101,65 @@ pub enum Request {
 pub struct Channels {
     ctx: Arc<SshContext>,
     slots: HashMap<ChannelId, Slot>,
+    /// Session channels opened so far, closed ones included.
+    opened: usize,
     state: SharedState,
     remote: Option<std::net::IpAddr>,
+    progress: Arc<AuthProgress>,
     span: Span,
 }
 
 impl Channels {
     /// No channels yet; `span` is the connection's.
-    pub fn new(ctx: Arc<SshContext>, remote: Option<std::net::IpAddr>, span: Span) -> Channels {
+    pub fn new(
+        ctx: Arc<SshContext>,
+        remote: Option<std::net::IpAddr>,
+        progress: Arc<AuthProgress>,
+        span: Span,
+    ) -> Channels {
         Channels {
             ctx,
             slots: HashMap::new(),
+            opened: 0,
             state: SharedState::default(),
             remote,
+            progress,
             span,
         }
     }
 
-    /// Authentication finished. A pending connection is closed after `pending_timeout` if it
-    /// has not signed in by then (`disconnect` is how).
-    pub fn set_principal(
-        &mut self,
-        principal: Principal,
-        disconnect: impl FnOnce() -> tokio::task::JoinHandle<()> + Send + 'static,
-    ) {
-        let pending = matches!(principal, Principal::Pending(_));
+    /// Authentication finished (the listener task times out a pending connection).
+    pub fn set_principal(&mut self, principal: Principal) {
         if let Ok(mut st) = self.state.lock() {
             *st = match principal {
                 Principal::Identity(id) => ConnState::Identity(id),
                 Principal::Pending(p) => ConnState::Pending(p),
             };
         }
-        if pending {
-            let state = self.state.clone();
-            let timeout = self.ctx.pending_timeout;
-            let span = self.span.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(timeout).await;
-                let still_pending = state
-                    .lock()
-                    .map(|s| matches!(*s, ConnState::Pending(_) | ConnState::SigningIn))
-                    .unwrap_or(false);
-                if still_pending {
-                    tracing::info!(parent: &span, "pending sign-in timed out; disconnecting");
-                    let _ = disconnect().await;
+    }
+
+    /// Whether one more session channel may open. Every channel costs a task and buffers, so a
+    /// connection holds at most `max_channels_per_connection` (sshd's MaxSessions), and a
+    /// connection that may only sign in holds one, once.
+    pub fn may_open(&self, stage: &Stage) -> Result<(), String> {
+        match stage {
+            Stage::SignedIn => {
+                let max = self.ctx.limits.max_channels_per_connection;
+                if self.slots.len() >= max {
+                    return Err(format!("more than {max} open on one connection"));
                 }
-            });
+                Ok(())
+            }
+            Stage::Pending if self.opened == 0 => Ok(()),
+            Stage::Pending => Err("a connection signing in may open only one".into()),
+            Stage::Connecting | Stage::Failed(_) => Err("not signed in".into()),
         }
     }
 
     /// A session channel was accepted: start draining it so the connection never stalls on it.
     pub fn open(&mut self, channel: Channel<Msg>) {
         let id = channel.id();
+        self.opened += 1;
         let (read, write) = channel.split();
         let (tx, rx) = mpsc::channel::<Bytes>(INPUT_QUEUE);
         let (attach_tx, attach_rx) = oneshot::channel::<Attach>();
@@ -285,6 +293,7 @@ impl Channels {
             resize: slot.resize.clone(),
             state: self.state.clone(),
             remote: self.remote,
+            progress: self.progress.clone(),
         };
         tokio::spawn(job.run(start).instrument(self.span.clone()));
         true
@@ -348,6 +357,7 @@ struct Job {
     resize: SharedResize,
     state: SharedState,
     remote: Option<std::net::IpAddr>,
+    progress: Arc<AuthProgress>,
 }
 
 impl Job {
@@ -507,13 +517,19 @@ impl Job {
                 }
                 if self.closed.is_cancelled() {
                     tracing::info!("client left during sign-in; polling stopped");
-                    return;
+                } else {
+                    tracing::info!(reason = %e, "device sign-in failed");
+                    if let crate::identity::oidc::FlowError::InvalidToken(detail) = &e {
+                        tracing::warn!(detail, "ID token refused");
+                    }
+                    self.refuse(&format!("hermes-ssh-gateway: {e}")).await;
                 }
-                tracing::info!(reason = %e, "device sign-in failed");
-                if let crate::identity::oidc::FlowError::InvalidToken(detail) = &e {
-                    tracing::warn!(detail, "ID token refused");
-                }
-                return self.refuse(&format!("hermes-ssh-gateway: {e}")).await;
+                // The connection ends here (after the one-line reason, queued before this):
+                // a failed sign-in must not leave a connection that can open more channels
+                // or be kept alive by keepalives.
+                self.progress
+                    .set(Stage::Failed(format!("sign-in failed: {e}")));
+                return;
             }
         };
         if let Some(key) = &pending.proven_key {
@@ -535,6 +551,8 @@ impl Job {
         if let Ok(mut st) = self.state.lock() {
             *st = ConnState::Identity(identity.clone());
         }
+        self.progress.set(Stage::SignedIn);
+        self.ctx.bans_success(self.remote).await;
         tracing::Span::current().record("user", identity.user_id.as_str());
         tracing::info!(user = %identity.user_id, method = %identity.method, provider = %identity.provider, key = identity.key_fingerprint.as_deref().unwrap_or("-"), "authenticated");
         let who = match &identity.email {

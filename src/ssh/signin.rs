@@ -63,11 +63,26 @@ impl Screen {
         }
     }
 
+    /// Rows the text box and the QR code take at `width` columns (wrapped text included).
+    fn rows_needed(&self, challenge: &Challenge, status: &str, width: u16) -> u16 {
+        let inner = usize::from(width.saturating_sub(2).max(1));
+        let text: usize = text_lines(challenge, status)
+            .iter()
+            .map(|l| l.width().div_ceil(inner).max(1))
+            .sum();
+        let qr = self.qr.as_ref().map_or(0, Vec::len);
+        u16::try_from(text + 2 + qr).unwrap_or(u16::MAX)
+    }
+
     /// The bytes that bring the client's screen up to date (a full repaint after a resize).
     fn frame(&mut self, challenge: &Challenge, size: TermSize, status: &str) -> Vec<u8> {
         let mut out = Vec::new();
         if self.size != Some(size) || self.term.is_none() {
-            let area = Rect::new(0, 0, size.cols.max(20), size.rows.max(6));
+            // Only as tall as the content: a pending connection keeps this screen for minutes.
+            let mut area = crate::tui::screen_area(size.cols, size.rows, 20, 6);
+            area.height = area
+                .height
+                .min(self.rows_needed(challenge, status, area.width).max(6));
             self.term = Terminal::with_options(
                 CrosstermBackend::new(Vec::new()),
                 TerminalOptions {
@@ -203,7 +218,10 @@ pub async fn run(io: SigninIo<'_>, oidc: &Arc<Oidc>) -> Result<Identity, FlowErr
         _ = closed.cancelled() => return Err(FlowError::Cancelled),
     };
     let challenge = flow.challenge().clone();
-    tracing::info!(user_code = %challenge.user_code, "device sign-in started");
+    // The user code is a bearer secret until it expires (whoever types it first approves the
+    // sign-in), so it stays out of info-level logs that are often shipped elsewhere.
+    tracing::info!("device sign-in started");
+    tracing::debug!(user_code = %challenge.user_code, "device sign-in code");
 
     let mut screen = Screen::new(&challenge);
     let status = |left: Duration| {

@@ -4,7 +4,7 @@
 //! can send it as channel data; a plain-text version serves sessions without a PTY.
 
 use ratatui::backend::CrosstermBackend;
-use ratatui::layout::{Alignment, Rect};
+use ratatui::layout::Alignment;
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, BorderType, Paragraph, Wrap};
@@ -58,7 +58,7 @@ pub fn render(
     rows: u16,
 ) -> Vec<u8> {
     let mut out = ENTER.to_vec();
-    let area = Rect::new(0, 0, cols.max(20), rows.max(8));
+    let area = super::screen_area(cols, rows, 20, 8);
     let backend = CrosstermBackend::new(Vec::<u8>::new());
     let Ok(mut term) = Terminal::with_options(
         backend,

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Query, State};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Json;
@@ -12,6 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::{escape, WebContext, INDEX_HTML, SIGNIN_HTML};
+use crate::identity::limits::address_group;
 use crate::identity::tickets::{random_token, token_hash, Purpose};
 use crate::identity::Identity;
 
@@ -26,6 +29,8 @@ struct LoginAttempt {
     nonce: String,
     verifier: SecretString,
     expires: Instant,
+    /// The address group it came from (counted in `SessionStore::logins_by_group`).
+    group: IpAddr,
 }
 
 struct WebSession {
@@ -38,6 +43,7 @@ struct WebSession {
 pub struct SessionStore {
     sessions: DashMap<String, WebSession>,
     logins: DashMap<String, LoginAttempt>,
+    logins_by_group: DashMap<IpAddr, usize>,
 }
 
 impl SessionStore {
@@ -50,7 +56,37 @@ impl SessionStore {
     pub fn sweep(&self) {
         let now = Instant::now();
         self.sessions.retain(|_, s| s.expires > now);
-        self.logins.retain(|_, l| l.expires > now);
+        let expired: Vec<String> = self
+            .logins
+            .iter()
+            .filter(|l| l.expires <= now)
+            .map(|l| l.key().clone())
+            .collect();
+        for state in expired {
+            self.take_login(&state);
+        }
+    }
+
+    /// Remembers a login in flight, unless its address group has `max_per_group` already.
+    fn begin_login(&self, state: String, attempt: LoginAttempt, max_per_group: usize) -> bool {
+        let mut n = self.logins_by_group.entry(attempt.group).or_insert(0);
+        if *n >= max_per_group {
+            return false;
+        }
+        *n += 1;
+        drop(n);
+        self.logins.insert(state, attempt);
+        true
+    }
+
+    /// Takes a login in flight out (its `state` is single use).
+    fn take_login(&self, state: &str) -> Option<LoginAttempt> {
+        let (_, attempt) = self.logins.remove(state)?;
+        self.logins_by_group.remove_if_mut(&attempt.group, |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
+        Some(attempt)
     }
 
     fn create(&self, identity: Identity, ttl: Duration) -> SecretString {
@@ -131,7 +167,10 @@ pub async fn index(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Re
 }
 
 /// `GET /auth/login`: to the IdP, with PKCE, state and nonce.
-pub async fn login(State(ctx): State<Arc<WebContext>>) -> Response {
+pub async fn login(
+    State(ctx): State<Arc<WebContext>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
     let Some(oidc) = &ctx.oidc else {
         return signin_page(
             &ctx,
@@ -149,14 +188,24 @@ pub async fn login(State(ctx): State<Arc<WebContext>>) -> Response {
     }
     match oidc.authorization_request(&ctx.redirect_uri()) {
         Ok(req) => {
-            ctx.sessions.logins.insert(
-                req.state.clone(),
-                LoginAttempt {
-                    nonce: req.nonce,
-                    verifier: req.pkce_verifier,
-                    expires: Instant::now() + LOGIN_TTL,
-                },
-            );
+            let attempt = LoginAttempt {
+                nonce: req.nonce,
+                verifier: req.pkce_verifier,
+                expires: Instant::now() + LOGIN_TTL,
+                group: address_group(peer.ip(), ctx.limits.ipv6_prefix),
+            };
+            // One address cannot crowd everyone else out of the gateway-wide cap above.
+            if !ctx
+                .sessions
+                .begin_login(req.state.clone(), attempt, ctx.max_logins_per_address)
+            {
+                tracing::warn!(%peer, "refused: too many browser logins in flight from this address");
+                return signin_page(
+                    &ctx,
+                    "Too many sign-ins in progress from your address; finish one or try again in a few minutes.",
+                    StatusCode::TOO_MANY_REQUESTS,
+                );
+            }
             Redirect::to(req.url.as_str()).into_response()
         }
         Err(e) => signin_page(&ctx, &e.to_string(), StatusCode::SERVICE_UNAVAILABLE),
@@ -198,7 +247,7 @@ pub async fn callback(
         );
     };
     // The state is single use: taking it out makes a replayed callback fail.
-    let Some((_, attempt)) = ctx.sessions.logins.remove(&state) else {
+    let Some(attempt) = ctx.sessions.take_login(&state) else {
         tracing::warn!("browser login callback with an unknown or used state");
         return signin_page(
             &ctx,

@@ -5,6 +5,7 @@
 //! comes from anything the client sends: only from the server-side session or a consumed ticket.
 
 mod auth;
+mod listener;
 mod pty;
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::identity::tickets::TicketStore;
 use crate::launcher::LaunchSpec;
 
 pub use auth::SessionStore;
+pub use listener::WebLimits;
 
 /// What the web front needs.
 pub struct WebContext {
@@ -46,6 +48,12 @@ pub struct WebContext {
     pub session_ttl: Duration,
     /// Lifetime of a WebSocket ticket.
     pub ticket_ttl: Duration,
+    /// Connection caps and timeouts.
+    pub limits: WebLimits,
+    /// Most browser logins in flight from one address (or IPv6 network).
+    pub max_logins_per_address: usize,
+    /// Largest WebSocket message (and frame) a browser may send.
+    pub max_message_size: usize,
 }
 
 impl WebContext {
@@ -106,9 +114,9 @@ pub async fn serve(
     crate::periodic::every(Duration::from_secs(60), shutdown.clone(), move || {
         sessions.sweep()
     });
-    axum::serve(listener, router(ctx))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let limits = ctx.limits.clone();
+    listener::serve(listener, router(ctx), limits, shutdown).await;
+    Ok(())
 }
 
 const INDEX_HTML: &str = include_str!("assets/index.html");

@@ -96,9 +96,13 @@ pub async fn pty(
         }
     };
     let span = tracing::info_span!("web-pty", user = %identity.user_id);
-    ws.on_upgrade(move |socket| {
-        tracing::Instrument::instrument(run(ctx, identity, size, socket, guard, launch), span)
-    })
+    // A browser types and pastes: nothing it sends needs more than this, and tungstenite would
+    // otherwise buffer up to 64 MB per message.
+    ws.max_message_size(ctx.max_message_size)
+        .max_frame_size(ctx.max_message_size)
+        .on_upgrade(move |socket| {
+            tracing::Instrument::instrument(run(ctx, identity, size, socket, guard, launch), span)
+        })
 }
 
 async fn run(

@@ -201,3 +201,27 @@ pub fn find_complete_uri(text: &str) -> Option<String> {
     let uri = &rest[..end];
     uri.contains("user_code=").then(|| uri.to_owned())
 }
+
+/// Logs `user` in through the IdP, as a browser would (following every redirect).
+pub fn browser_login(gateway_url: &str, user: &str) -> reqwest::blocking::Client {
+    let b = super::browser();
+    let r = b.get(format!("{gateway_url}/auth/login")).send().unwrap();
+    let interaction = r.url().to_string();
+    assert!(
+        interaction.contains("/interaction/"),
+        "at the IdP: {interaction}"
+    );
+    let r = b
+        .post(format!("{interaction}/login"))
+        .form(&[("login", user)])
+        .send()
+        .unwrap();
+    assert!(
+        r.url().as_str().starts_with(gateway_url),
+        "back at the gateway: {}",
+        r.url()
+    );
+    let page = r.text().unwrap();
+    assert!(page.contains("xterm.js") && page.contains(user), "{page}");
+    b
+}

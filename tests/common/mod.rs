@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod idp;
+pub mod rawssh;
 pub mod redis;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_hermes-ssh-gateway");
@@ -205,6 +206,30 @@ impl Gateway {
         args
     }
 
+    /// SIGKILL (as the OOM killer would), then wait for exit.
+    pub fn kill(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Arguments for an interactive `ssh` that may sign in with the IdP (keyboard-interactive
+    /// on), `extra` options first.
+    pub fn signin_args(&self, key: &Keypair, extra: &[&str]) -> Vec<String> {
+        let mut a: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        a.extend(ssh_base_args(self.port));
+        // Interactive users have keyboard-interactive; BatchMode (in the base args) disables it.
+        let pos = a.iter().position(|x| x == "BatchMode=yes").unwrap();
+        a[pos] = "BatchMode=no".into();
+        a.extend([
+            "-i".into(),
+            key.private.display().to_string(),
+            "127.0.0.1".into(),
+        ]);
+        a
+    }
+
     /// SIGTERM, then wait for exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
@@ -316,6 +341,24 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Retries the async check `f` until it returns true or `timeout` passes.
+pub async fn eventually_async<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

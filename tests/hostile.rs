@@ -1,0 +1,492 @@
+//! Issue 13's attacks, replayed against the real binary: a stranger (or a signed-in user's
+//! client) tries to crash the gateway, clog it or make it buffer without bound, and the gateway
+//! stays up for everyone else. OpenSSH where it can be made to misbehave; raw TCP and a
+//! scriptable russh client (tests/common/rawssh.rs) for what OpenSSH will not do on purpose.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::idp::{free_port, oidc_section, Idp};
+use common::*;
+
+const T: Duration = Duration::from_secs(30);
+
+/// The gateway's resident memory, in KB.
+fn rss_kb(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+fn interactive_args(gw: &Gateway, key: &Keypair) -> Vec<String> {
+    gw.signin_args(key, &[])
+}
+
+fn whoami_works(gw: &Gateway, key: &Keypair) -> bool {
+    let mut ssh = gw.ssh(key);
+    ssh.args(["127.0.0.1", "whoami"]);
+    let out = run(ssh, T);
+    out.status.success() && text(&out.stdout).contains("\"user_id\":\"alice\"")
+}
+
+struct Signin {
+    _tmp: tempfile::TempDir,
+    idp: Idp,
+    gw: Gateway,
+    alice: Keypair,
+    stranger: Keypair,
+}
+
+/// A gateway with device sign-in, whose configured program is not installed (so a key user
+/// gets the gateway's own fallback screen), and a mapped key for alice.
+fn signin_gateway(extra: &str, env: &[(&str, &str)]) -> Signin {
+    let tmp = tempfile::tempdir().unwrap();
+    let idp = Idp::start(&[]);
+    let alice = Keypair::new(tmp.path(), "alice_key");
+    let stranger = Keypair::new(tmp.path(), "stranger");
+    let gw = Gateway::start_with_env(
+        tmp.path(),
+        &config(
+            "",
+            &format!(
+                "[session]\ncommand = [\"/nonexistent/hermes\", \"--tui\"]\n{extra}\n{}",
+                oidc_section(&idp.issuer, "")
+            ),
+        ),
+        env,
+    );
+    gw.set_keys("alice", &alice.public_line);
+    assert!(gw.wait_log("users=1", T).is_some());
+    assert!(
+        gw.wait_log("identity provider discovered", T).is_some(),
+        "{}",
+        gw.log()
+    );
+    Signin {
+        _tmp: tmp,
+        idp,
+        gw,
+        alice,
+        stranger,
+    }
+}
+
+#[test]
+fn huge_terminal_sizes_cost_the_gateway_nothing_before_or_after_sign_in() {
+    let s = signin_gateway("", &[]);
+    // Warm up both screens at an ordinary size, so the baseline includes their code paths.
+    let c = PtyClient::spawn(&interactive_args(&s.gw, &s.stranger), 80, 24);
+    assert!(c.expect("user_code=", T), "{}", c.output());
+    drop(c);
+    let c = PtyClient::spawn(&interactive_args(&s.gw, &s.alice), 80, 24);
+    assert!(
+        c.expect("could not be started", T) || c.expect("cannot", T),
+        "{}",
+        c.output()
+    );
+    drop(c);
+    assert!(whoami_works(&s.gw, &s.alice));
+    let before = rss_kb(s.gw.pid());
+
+    for (cols, rows) in [(65535u16, 65535u16), (4000, 4000)] {
+        // Before sign-in: the device sign-in screen, drawn by the gateway at the client's size.
+        let mut c = PtyClient::spawn(&interactive_args(&s.gw, &s.stranger), cols, rows);
+        assert!(c.expect("user_code=", T), "{}", c.output());
+        // A window-change to the other extreme redraws it.
+        c.resize(rows, cols);
+        c.resize(cols, rows);
+        // After sign-in: alice's program is missing, so the gateway draws its fallback screen.
+        let a = PtyClient::spawn(&interactive_args(&s.gw, &s.alice), cols, rows);
+        assert!(a.expect("/nonexistent/hermes", T), "{}", a.output());
+        a.resize(rows, cols);
+        assert!(whoami_works(&s.gw, &s.alice), "the gateway still serves");
+        let now = rss_kb(s.gw.pid());
+        assert!(
+            now < before + 2048,
+            "RSS grew from {before} KB to {now} KB at {cols}x{rows}"
+        );
+        c.send("q");
+        assert!(c.wait(T).is_some());
+    }
+    assert!(whoami_works(&s.gw, &s.alice));
+}
+
+#[test]
+fn a_cancelled_sign_in_ends_the_connection_and_counts_toward_a_ban() {
+    let s = signin_gateway(
+        "[limits]\nauth_failures_before_ban = 2\nban_duration = \"1m\"\n",
+        &[("RUST_LOG", "info")],
+    );
+    for round in 0..2 {
+        let mut c = PtyClient::spawn(&interactive_args(&s.gw, &s.stranger), 100, 40);
+        assert!(c.expect("user_code=", T), "{}", c.output());
+        let code = common::idp::find_complete_uri(&c.output())
+            .unwrap()
+            .split("user_code=")
+            .nth(1)
+            .unwrap()
+            .to_owned();
+        c.send("q");
+        // The connection ends at once after its one line: the client exits by itself.
+        assert_eq!(
+            c.wait(Duration::from_secs(10)),
+            Some(1),
+            "round {round}: {}",
+            c.output()
+        );
+        assert!(c.output().contains("cancel"), "{}", c.output());
+        // The device code is a bearer secret: not in info-level logs.
+        assert!(
+            !s.gw.log().contains(&code),
+            "user code logged: {}",
+            s.gw.log()
+        );
+    }
+    assert!(
+        s.gw.wait_log("address banned", T).is_some(),
+        "{}",
+        s.gw.log()
+    );
+    let mut raw = TcpStream::connect(("127.0.0.1", s.gw.port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(
+        raw.read(&mut buf).unwrap_or(0),
+        0,
+        "banned: closed before the banner"
+    );
+    let _ = &s.idp;
+}
+
+/// Reads until the peer closes; how long that took.
+fn time_to_close(mut s: TcpStream) -> Duration {
+    s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return start.elapsed(),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                panic!("still open after {:?}", start.elapsed())
+            }
+            Err(_) => return start.elapsed(),
+        }
+    }
+}
+
+#[test]
+fn login_grace_ends_silent_half_handshake_and_retrying_connections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = Keypair::new(tmp.path(), "alice_key");
+    let gw = Gateway::start(
+        tmp.path(),
+        &config("", "[limits]\nlogin_grace = \"2s\"\nmax_connections = 4\n"),
+    );
+    gw.set_keys("alice", &key.public_line);
+    assert!(gw.wait_log("users=1", T).is_some());
+    let connect = || TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    // Silent; version line only; version line and half a key-exchange packet.
+    let silent = connect();
+    let mut banner_only = connect();
+    banner_only.write_all(b"SSH-2.0-x\r\n").unwrap();
+    let mut half_kex = connect();
+    half_kex
+        .write_all(b"SSH-2.0-x\r\n\x00\x00\x01\x00\x08\x14")
+        .unwrap();
+    // All four slots are taken now (with the retrying client below): nobody else can log in
+    // until the grace time frees them.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let port = gw.port;
+    let retrying = rt.spawn(async move {
+        let mut h = common::rawssh::connect(port).await;
+        let start = Instant::now();
+        // A client that keeps trying "none" forever, well within russh's own limits.
+        while start.elapsed() < Duration::from_secs(30) {
+            if h.authenticate_none("tester").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        start.elapsed()
+    });
+    let handles: Vec<_> = [silent, banner_only, half_kex]
+        .into_iter()
+        .map(|s| std::thread::spawn(move || time_to_close(s)))
+        .collect();
+    for h in handles {
+        let took = h.join().unwrap();
+        assert!(took < Duration::from_secs(10), "closed after {took:?}");
+    }
+    let took = rt.block_on(retrying).unwrap();
+    assert!(
+        took < Duration::from_secs(10),
+        "retrying client lasted {took:?}"
+    );
+    assert!(whoami_after_grace(&gw, &key), "{}", gw.log());
+}
+
+fn whoami_after_grace(gw: &Gateway, key: &Keypair) -> bool {
+    eventually(T, || {
+        let mut ssh = gw.ssh(key);
+        ssh.args(["127.0.0.1", "whoami"]);
+        run(ssh, T).status.success()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_connection_holds_one_channel_and_a_signed_in_one_at_most_the_cap() {
+    let s = tokio::task::spawn_blocking(|| {
+        signin_gateway("[limits]\nmax_channels_per_connection = 3\n", &[])
+    })
+    .await
+    .unwrap();
+    let pending = common::rawssh::pending(s.gw.port).await;
+    let first = pending.channel_open_session().await;
+    assert!(first.is_ok(), "one channel to sign in");
+    assert!(
+        pending.channel_open_session().await.is_err(),
+        "a second channel on a pending connection"
+    );
+    let user = common::rawssh::signed_in(s.gw.port, &s.alice).await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(user.channel_open_session().await.expect("within the cap"));
+    }
+    assert!(user.channel_open_session().await.is_err(), "over the cap");
+    // Closing one frees its place.
+    let c = open.pop().unwrap();
+    c.close().await.unwrap();
+    let deadline = Instant::now() + T;
+    loop {
+        if let Ok(c) = user.channel_open_session().await {
+            open.push(c);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a closed channel's place is never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = s.gw.log();
+    assert!(log.contains("refused: session channel"), "{log}");
+}
+
+#[test]
+fn pending_connections_time_out_whatever_they_do() {
+    let s = signin_gateway("", &[]);
+    // pending_timeout is in [oidc]: restart with a short one.
+    drop(s);
+    let tmp = tempfile::tempdir().unwrap();
+    let idp = Idp::start(&[]);
+    let gw = Gateway::start(
+        tmp.path(),
+        &config(
+            "",
+            &format!(
+                "[session]\ncommand = [\"/bin/true\"]\n{}",
+                oidc_section(&idp.issuer, "pending_timeout = \"3s\"\n")
+            ),
+        ),
+    );
+    assert!(gw.wait_log("identity provider discovered", T).is_some());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let port = gw.port;
+    // Admitted to sign in, then never opens a channel; keepalive-like traffic does not help.
+    let took = rt.block_on(async move {
+        let h = common::rawssh::pending(port).await;
+        let start = Instant::now();
+        while !h.is_closed() && start.elapsed() < Duration::from_secs(30) {
+            let _ = h.send_keepalive(true).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        start.elapsed()
+    });
+    assert!(
+        took < Duration::from_secs(10),
+        "pending connection lasted {took:?}"
+    );
+    let _ = free_port();
+}
+
+/// The pids whose environment carries `marker` (a variable only our test programs have).
+fn processes_with_env(marker: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
+            if env.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn programs_and_their_children_end_when_the_gateway_is_killed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = Keypair::new(tmp.path(), "alice_key");
+    // The program starts a child of its own and waits; both ignore nothing.
+    let mut gw = Gateway::start(
+        tmp.path(),
+        &config(
+            "",
+            "[session]\ncommand = [\"/bin/sh\", \"-c\", \"sleep 600 & echo READY; wait\"]\n",
+        ),
+    );
+    gw.set_keys("orphan-check", &key.public_line);
+    assert!(gw.wait_log("users=1", T).is_some());
+    let marker = "HERMES_DASHBOARD_USER_ID=orphan-check";
+    // A PTY session and a pipe session.
+    let mut args = ssh_base_args(gw.port);
+    args.extend([
+        "-tt".into(),
+        "-i".into(),
+        key.private.display().to_string(),
+        "127.0.0.1".into(),
+    ]);
+    let pty = PtyClient::spawn(&args, 80, 24);
+    assert!(pty.expect("READY", T), "{}", pty.output());
+    let mut ssh = gw.ssh(&key);
+    ssh.args(["-T", "127.0.0.1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut pipe = ssh.spawn().unwrap();
+    let mut first = [0u8; 5];
+    pipe.stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    assert_eq!(&first, b"READY");
+    assert!(
+        processes_with_env(marker).len() >= 4,
+        "two programs and two children: {:?}",
+        processes_with_env(marker)
+    );
+    // SIGKILL: the gateway gets no chance to end anything itself.
+    gw.kill();
+    assert!(
+        eventually(Duration::from_secs(10), || processes_with_env(marker)
+            .is_empty()),
+        "left running: {:?}",
+        processes_with_env(marker)
+    );
+    let _ = pipe.kill();
+    let _ = pipe.wait();
+}
+
+/// A TCP connection to `port` from the loopback address `from` (the attacker's address).
+fn connect_from(from: &str, port: u16) -> std::io::Result<TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(
+        &format!("{from}:0")
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )?;
+    s.connect(
+        &format!("127.0.0.1:{port}")
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )?;
+    Ok(s.into())
+}
+
+/// One raw `GET path` from `from`; the status code (0 when the connection was refused or
+/// closed without an answer).
+fn get_status_from(from: &str, port: u16, path: &str) -> u16 {
+    let Ok(mut s) = connect_from(from, port) else {
+        return 0;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    if s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .is_err()
+    {
+        return 0;
+    }
+    let mut head = [0u8; 12];
+    match s.read_exact(&mut head) {
+        Ok(()) => text(&head[9..12]).parse().unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+#[test]
+fn a_web_flood_from_one_address_leaves_ssh_and_other_browsers_working() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let idp = Idp::start(&[("REDIRECT_URIS", &format!("{url}/auth/callback"))]);
+    let key = Keypair::new(tmp.path(), "alice_key");
+    let cfg = config(
+        "",
+        &format!(
+            "[session]\ncommand = [\"/bin/sh\"]\n[web]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{url}\"\nheader_timeout = \"3s\"\nmax_connections_per_address = 32\nmax_logins_per_address = 4\n{}",
+            oidc_section(&idp.issuer, "")
+        ),
+    );
+    // A descriptor table of the common default size, shared by both fronts.
+    let gw = Gateway::start_wrapped(
+        tmp.path(),
+        &cfg,
+        &[],
+        &["prlimit", "--nofile=1024:1024", "--"],
+    );
+    gw.set_keys("alice", &key.public_line);
+    assert!(gw.wait_log("users=1", T).is_some());
+    assert!(
+        gw.wait_log("identity provider discovered", T).is_some(),
+        "{}",
+        gw.log()
+    );
+    assert!(gw.wait_log("web front listening", T).is_some());
+
+    // A /auth/login flood from 127.0.0.2: a few are let through, then it is refused.
+    let statuses: Vec<u16> = (0..20)
+        .map(|_| get_status_from("127.0.0.2", port, "/auth/login"))
+        .collect();
+    assert!(
+        statuses.iter().filter(|s| **s == 303 || **s == 302).count() <= 4,
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&429), "{statuses:?}");
+
+    // 1,100 connections from 127.0.0.2 that send half a request and then nothing.
+    let mut held = Vec::new();
+    for _ in 0..1100 {
+        if let Ok(mut s) = connect_from("127.0.0.2", port) {
+            let _ = s.write_all(b"GET / HTTP/1.1\r\n");
+            held.push(s);
+        }
+    }
+    // Everyone else is still served: a key login over SSH and a browser login from 127.0.0.1.
+    assert!(whoami_works(&gw, &key), "{}", gw.log());
+    let b = common::idp::browser_login(&url, "bob");
+    let me: serde_json::Value = b
+        .get(format!("{url}/api/auth/me"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(me["user_id"], "bob");
+    // The half-open connections are closed after the header timeout.
+    let first = held.remove(0);
+    assert!(time_to_close(first) < Duration::from_secs(10));
+    assert!(!gw.log().contains("Too many open files"), "{}", gw.log());
+    drop(held);
+}
