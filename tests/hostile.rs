@@ -345,9 +345,12 @@ fn programs_and_their_children_end_when_the_gateway_is_killed() {
             "[session]\ncommand = [\"/bin/sh\", \"-c\", \"sleep 600 & echo READY; wait\"]\n",
         ),
     );
-    gw.set_keys("orphan-check", &key.public_line);
+    // A user id of this run only: other runs' leftovers must not count.
+    let user = format!("orphan-{}", std::process::id());
+    gw.set_keys(&user, &key.public_line);
     assert!(gw.wait_log("users=1", T).is_some());
-    let marker = "HERMES_DASHBOARD_USER_ID=orphan-check";
+    let marker = format!("HERMES_DASHBOARD_USER_ID={user}");
+    let marker = marker.as_str();
     // A PTY session and a pipe session.
     let mut args = ssh_base_args(gw.port);
     args.extend([
@@ -428,33 +431,17 @@ fn get_status_from(from: &str, port: u16, path: &str) -> u16 {
 
 #[test]
 fn a_web_flood_from_one_address_leaves_ssh_and_other_browsers_working() {
-    let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let idp = Idp::start(&[("REDIRECT_URIS", &format!("{url}/auth/callback"))]);
-    let key = Keypair::new(tmp.path(), "alice_key");
-    let cfg = config(
-        "",
-        &format!(
-            "[session]\ncommand = [\"/bin/sh\"]\n[web]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{url}\"\nheader_timeout = \"3s\"\nmax_connections_per_address = 32\nmax_logins_per_address = 4\n{}",
-            oidc_section(&idp.issuer, "")
-        ),
-    );
     // A descriptor table of the common default size, shared by both fronts.
-    let gw = Gateway::start_wrapped(
-        tmp.path(),
-        &cfg,
-        &[],
+    let w = common::webclient::Web::start(
+        "",
+        "header_timeout = \"3s\"\nmax_connections_per_address = 32\nmax_logins_per_address = 4\n",
         &["prlimit", "--nofile=1024:1024", "--"],
     );
+    let (gw, url) = (&w.gw, w.url.clone());
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let key = Keypair::new(w.tmp.path(), "alice_key");
     gw.set_keys("alice", &key.public_line);
     assert!(gw.wait_log("users=1", T).is_some());
-    assert!(
-        gw.wait_log("identity provider discovered", T).is_some(),
-        "{}",
-        gw.log()
-    );
-    assert!(gw.wait_log("web front listening", T).is_some());
 
     // A /auth/login flood from 127.0.0.2: a few are let through, then it is refused.
     let statuses: Vec<u16> = (0..20)
@@ -475,7 +462,7 @@ fn a_web_flood_from_one_address_leaves_ssh_and_other_browsers_working() {
         }
     }
     // Everyone else is still served: a key login over SSH and a browser login from 127.0.0.1.
-    assert!(whoami_works(&gw, &key), "{}", gw.log());
+    assert!(whoami_works(gw, &key), "{}", gw.log());
     let b = common::idp::browser_login(&url, "bob");
     let me: serde_json::Value = b
         .get(format!("{url}/api/auth/me"))
@@ -489,4 +476,169 @@ fn a_web_flood_from_one_address_leaves_ssh_and_other_browsers_working() {
     assert!(time_to_close(first) < Duration::from_secs(10));
     assert!(!gw.log().contains("Too many open files"), "{}", gw.log());
     drop(held);
+}
+
+/// A gateway whose program, run as a shell, never reads its input, and run as `echo` (exec
+/// with arguments) copies input to output.
+fn stalled_and_echo_gateway() -> (tempfile::TempDir, Gateway, Keypair) {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = Keypair::new(tmp.path(), "alice_key");
+    let gw = Gateway::start(
+        tmp.path(),
+        &config(
+            "",
+            "[session]\ncommand = [\"/bin/sh\", \"-c\", \"if [ \\\"$1\\\" = echo ]; then exec cat; fi; echo READY; exec sleep 600\", \"sh\"]\nexec = \"args\"\n",
+        ),
+    );
+    gw.set_keys("alice", &key.public_line);
+    assert!(gw.wait_log("users=1", T).is_some());
+    (tmp, gw, key)
+}
+
+/// Waits until `channel` has sent output containing `needle`.
+async fn channel_says(channel: &mut russh::Channel<russh::client::Msg>, needle: &str) -> bool {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(T, async {
+        while let Some(msg) = channel.wait().await {
+            if let russh::ChannelMsg::Data { data } = msg {
+                seen.extend_from_slice(&data);
+                if text(&seen).contains(needle) {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+    .await;
+    found.unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_that_stops_reading_stalls_only_its_own_channel() {
+    let (_tmp, gw, key) = tokio::task::spawn_blocking(stalled_and_echo_gateway)
+        .await
+        .unwrap();
+    // One connection, two channels (as OpenSSH's ControlMaster multiplexes them).
+    let h = common::rawssh::signed_in(gw.port, &key).await;
+    let mut stalled = h.channel_open_session().await.unwrap();
+    stalled.request_shell(false).await.unwrap();
+    assert!(channel_says(&mut stalled, "READY").await);
+    // Paste 8 MB into the program that does not read: the client must be held back, not
+    // buffered, and this send never completes.
+    let (stalled_read, stalled_write) = stalled.split();
+    let paste = tokio::spawn(async move {
+        let big = vec![b'x'; 8 << 20];
+        stalled_write.data(&big[..]).await
+    });
+    let before = rss_kb(gw.pid());
+    // Meanwhile the other channel of the same connection works.
+    let mut echo = h.channel_open_session().await.unwrap();
+    echo.exec(false, "echo").await.unwrap();
+    echo.data(&b"ping-through\n"[..]).await.unwrap();
+    assert!(
+        channel_says(&mut echo, "ping-through").await,
+        "{}",
+        gw.log()
+    );
+    assert!(
+        !paste.is_finished(),
+        "8 MB accepted for a program that reads nothing"
+    );
+    let grown = rss_kb(gw.pid()).saturating_sub(before);
+    assert!(
+        grown < 4096,
+        "the gateway buffered {grown} KB of unread input"
+    );
+    paste.abort();
+    drop(stalled_read);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_on_channels_without_a_program_is_not_acknowledged() {
+    let (_tmp, gw, key) = tokio::task::spawn_blocking(stalled_and_echo_gateway)
+        .await
+        .unwrap();
+    const CONNECTIONS: usize = 6;
+    const SEND: usize = 1 << 20;
+    let mut conns = Vec::new();
+    let mut channels = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let h = common::rawssh::signed_in(gw.port, &key).await;
+        for _ in 0..10 {
+            channels.push(h.channel_open_session().await.unwrap());
+        }
+        conns.push(h);
+    }
+    let before = rss_kb(gw.pid());
+    // Every channel gets 1 MB and no shell or exec request: nothing will ever read it.
+    let sends: Vec<_> = channels
+        .into_iter()
+        .map(|c| {
+            tokio::spawn(async move {
+                let data = vec![b'y'; SEND];
+                c.data(&data[..]).await
+            })
+        })
+        .collect();
+    // The client stalls once the small pre-program windows are used: let it get there (the
+    // gateway has read everything the windows allowed once a fresh request round-trips).
+    for h in &conns {
+        let c = h.channel_open_session().await;
+        drop(c);
+    }
+    let grown = rss_kb(gw.pid()).saturating_sub(before);
+    assert!(
+        grown < (CONNECTIONS as u64) * 64,
+        "{CONNECTIONS} connections x 10 channels grew the gateway by {grown} KB"
+    );
+    assert!(
+        sends.iter().all(|s| !s.is_finished()),
+        "data was acknowledged"
+    );
+    for s in sends {
+        s.abort();
+    }
+}
+
+#[test]
+fn huge_sizes_and_messages_over_the_websocket_cost_the_gateway_nothing() {
+    use common::webclient::*;
+    let w = Web::start("", "max_message_size = \"64KiB\"\n", &[]);
+    let b = common::idp::browser_login(&w.url, "bob");
+    // Warm-up session at an ordinary size.
+    let mut ws = w.terminal(&b, "&cols=80&rows=24");
+    type_line(&mut ws, "echo warm-$((1+1))");
+    assert!(read_until(&mut ws, "warm-2").contains("warm-2"));
+    drop(ws);
+    let before = rss_kb(w.gw.pid());
+    for (cols, rows) in [(65535u32, 65535u32), (4000, 4000)] {
+        let mut ws = w.terminal(&b, &format!("&cols={cols}&rows={rows}"));
+        ws.send(tungstenite::Message::Text(
+            format!("{{\"type\":\"resize\",\"cols\":{rows},\"rows\":{cols}}}").into(),
+        ))
+        .unwrap();
+        ws.send(tungstenite::Message::Text(
+            format!("{{\"type\":\"resize\",\"cols\":{cols},\"rows\":{rows}}}").into(),
+        ))
+        .unwrap();
+        // The program's PTY has the size the kernel takes; the gateway allocates nothing for it.
+        type_line(&mut ws, "stty size; echo sized-$((2+2))");
+        let out = read_until(&mut ws, "sized-4");
+        assert!(out.contains(&format!("{rows} {cols}")), "{out}");
+        assert!(
+            rss_kb(w.gw.pid()) < before + 2048,
+            "RSS grew at {cols}x{rows}"
+        );
+    }
+    // A message over max_message_size ends that WebSocket, not the gateway.
+    let mut ws = w.terminal(&b, "");
+    let _ = ws.send(tungstenite::Message::Binary(vec![b'a'; 1 << 20].into()));
+    let rest = read_until_with(&mut ws, |_| false);
+    assert!(
+        !rest.contains(&"a".repeat(1000)),
+        "an oversized message reached the program"
+    );
+    let mut ws = w.terminal(&b, "");
+    type_line(&mut ws, "echo still-$((3+3))");
+    assert!(read_until(&mut ws, "still-6").contains("still-6"));
 }

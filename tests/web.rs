@@ -4,22 +4,14 @@
 
 mod common;
 
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::idp::{free_port, oidc_section, Idp};
+use common::webclient::*;
 use common::*;
 use tungstenite::client::IntoClientRequest;
-use tungstenite::{Message, WebSocket};
+use tungstenite::Message;
 
 const T: Duration = Duration::from_secs(30);
-
-struct Web {
-    tmp: tempfile::TempDir,
-    idp: Idp,
-    gw: Gateway,
-    url: String,
-}
 
 fn setup(extra_web: &str) -> Web {
     setup_with("", extra_web)
@@ -27,25 +19,7 @@ fn setup(extra_web: &str) -> Web {
 
 /// `extra_session` goes into `[session]` (after the command).
 fn setup_with(extra_session: &str, extra_web: &str) -> Web {
-    let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let idp = Idp::start(&[("REDIRECT_URIS", &format!("{url}/auth/callback"))]);
-    let cfg = config(
-        "",
-        &format!(
-            "[session]\ncommand = [\"/bin/sh\"]\n{extra_session}\n[web]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{url}\"\n{extra_web}\n{}",
-            oidc_section(&idp.issuer, "")
-        ),
-    );
-    let gw = Gateway::start(tmp.path(), &cfg);
-    assert!(
-        gw.wait_log("identity provider discovered", T).is_some(),
-        "{}",
-        gw.log()
-    );
-    assert!(gw.wait_log("web front listening", T).is_some());
-    Web { tmp, idp, gw, url }
+    Web::start(extra_session, extra_web, &[])
 }
 
 /// Logs `user` in through the IdP, as a browser would (following every redirect).
@@ -56,70 +30,6 @@ fn login(w: &Web, user: &str) -> reqwest::blocking::Client {
 fn me(w: &Web, b: &reqwest::blocking::Client) -> (u16, serde_json::Value) {
     let r = b.get(format!("{}/api/auth/me", w.url)).send().unwrap();
     (r.status().as_u16(), r.json().unwrap_or_default())
-}
-
-fn ws_ticket(w: &Web, b: &reqwest::blocking::Client, origin: &str) -> (u16, serde_json::Value) {
-    let r = b
-        .post(format!("{}/api/auth/ws-ticket", w.url))
-        .header("Origin", origin)
-        .header("Content-Type", "application/json")
-        .body("{}")
-        .send()
-        .unwrap();
-    (r.status().as_u16(), r.json().unwrap_or_default())
-}
-
-type Ws = WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
-
-fn open_ws(w: &Web, query: &str, origin: &str) -> Result<Ws, u16> {
-    let url = format!("{}/api/pty?{query}", w.url.replace("http://", "ws://"));
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert("Origin", origin.parse().unwrap());
-    match tungstenite::connect(req) {
-        Ok((ws, _)) => {
-            if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
-                s.set_read_timeout(Some(Duration::from_millis(200)))
-                    .unwrap();
-            }
-            Ok(ws)
-        }
-        Err(tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
-        Err(e) => panic!("{e}"),
-    }
-}
-
-/// Reads terminal output until it contains `needle`.
-fn read_until(ws: &mut Ws, needle: &str) -> String {
-    read_until_with(ws, |s| s.contains(needle))
-}
-
-/// Reads terminal output until `done` says so (or the time limit).
-fn read_until_with(ws: &mut Ws, done: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + T;
-    let mut seen = Vec::new();
-    while Instant::now() < deadline {
-        match ws.read() {
-            Ok(Message::Binary(b)) => seen.extend_from_slice(&b),
-            Ok(Message::Text(t)) => seen.extend_from_slice(t.as_bytes()),
-            Ok(Message::Close(_)) => break,
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => break,
-        }
-        if done(&text(&seen)) {
-            break;
-        }
-    }
-    text(&seen)
-}
-
-fn type_line(ws: &mut Ws, line: &str) {
-    ws.send(Message::Binary(format!("{line}\r").into_bytes().into()))
-        .unwrap();
 }
 
 #[test]
@@ -137,7 +47,7 @@ fn browser_login_ticket_and_websocket_terminal_know_the_user() {
         "{page}"
     );
     assert_eq!(me(&w, &anon).0, 401);
-    assert_eq!(ws_ticket(&w, &anon, &w.url).0, 401);
+    assert_eq!(ws_ticket(&w.url, &anon, &w.url).0, 401);
 
     let b = login(&w, "alice");
     let (code, who) = me(&w, &b);
@@ -146,7 +56,7 @@ fn browser_login_ticket_and_websocket_terminal_know_the_user() {
     assert_eq!(who["method"], "web");
     assert_eq!(who["provider"], w.idp.issuer.as_str());
 
-    let (code, t) = ws_ticket(&w, &b, &w.url);
+    let (code, t) = ws_ticket(&w.url, &b, &w.url);
     assert_eq!(code, 200, "{t}");
     assert_eq!(t["ttl_seconds"], 30);
     let ticket = t["ticket"].as_str().unwrap().to_owned();
@@ -156,7 +66,7 @@ fn browser_login_ticket_and_websocket_terminal_know_the_user() {
         "tickets never appear in logs"
     );
 
-    let mut ws = open_ws(&w, &format!("ticket={ticket}&cols=90&rows=30"), &w.url).unwrap();
+    let mut ws = open_ws(&w.url, &format!("ticket={ticket}&cols=90&rows=30"), &w.url).unwrap();
     type_line(&mut ws, "echo ID=$HERMES_DASHBOARD_USER_ID; stty size");
     let out = read_until(&mut ws, "30 90");
     assert!(out.contains("ID=alice"), "{out}");
@@ -170,7 +80,7 @@ fn browser_login_ticket_and_websocket_terminal_know_the_user() {
 
     // The same ticket again: refused, before any upgrade.
     assert_eq!(
-        open_ws(&w, &format!("ticket={ticket}"), &w.url).err(),
+        open_ws(&w.url, &format!("ticket={ticket}"), &w.url).err(),
         Some(403)
     );
     assert!(
@@ -213,33 +123,36 @@ fn tickets_from_foreign_origins_wrong_purposes_and_expired_are_refused() {
     let w = setup("ticket_ttl = \"1s\"\n");
     let b = login(&w, "alice");
     // CSRF: a ticket request from another origin.
-    assert_eq!(ws_ticket(&w, &b, "http://evil.example").0, 403);
+    assert_eq!(ws_ticket(&w.url, &b, "http://evil.example").0, 403);
     // A WebSocket from another origin, even with a valid ticket.
-    let t = ws_ticket(&w, &b, &w.url).1["ticket"]
+    let t = ws_ticket(&w.url, &b, &w.url).1["ticket"]
         .as_str()
         .unwrap()
         .to_owned();
     assert_eq!(
-        open_ws(&w, &format!("ticket={t}"), "http://evil.example").err(),
+        open_ws(&w.url, &format!("ticket={t}"), "http://evil.example").err(),
         Some(403)
     );
     assert!(w.gw.wait_log("foreign origin", T).is_some());
     // Expired.
-    let t = ws_ticket(&w, &b, &w.url).1["ticket"]
+    let t = ws_ticket(&w.url, &b, &w.url).1["ticket"]
         .as_str()
         .unwrap()
         .to_owned();
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(open_ws(&w, &format!("ticket={t}"), &w.url).err(), Some(403));
+    assert_eq!(
+        open_ws(&w.url, &format!("ticket={t}"), &w.url).err(),
+        Some(403)
+    );
     assert!(w.gw.wait_log("ticket expired", T).is_some());
     // Unknown and missing.
     assert_eq!(
-        open_ws(&w, &format!("ticket={}", "x".repeat(43)), &w.url).err(),
+        open_ws(&w.url, &format!("ticket={}", "x".repeat(43)), &w.url).err(),
         Some(403)
     );
-    assert_eq!(open_ws(&w, "", &w.url).err(), Some(403));
+    assert_eq!(open_ws(&w.url, "", &w.url).err(), Some(403));
     // A pty ticket is not a login link.
-    let t = ws_ticket(&w, &b, &w.url).1["ticket"]
+    let t = ws_ticket(&w.url, &b, &w.url).1["ticket"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -264,7 +177,7 @@ fn a_ticket_for_alice_never_starts_a_session_as_anyone_else() {
     let w = setup("");
     let alice = login(&w, "alice");
     let bob = login(&w, "bob");
-    let t = ws_ticket(&w, &alice, &w.url).1["ticket"]
+    let t = ws_ticket(&w.url, &alice, &w.url).1["ticket"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -323,11 +236,11 @@ fn ssh_link_logs_a_browser_in_as_the_same_user_once() {
         "the identity is the ssh one, no new IdP round trip"
     );
     // The browser's own terminal is carol's too.
-    let t = ws_ticket(&w, &b, &w.url).1["ticket"]
+    let t = ws_ticket(&w.url, &b, &w.url).1["ticket"]
         .as_str()
         .unwrap()
         .to_owned();
-    let mut ws = open_ws(&w, &format!("ticket={t}"), &w.url).unwrap();
+    let mut ws = open_ws(&w.url, &format!("ticket={t}"), &w.url).unwrap();
     type_line(&mut ws, "echo ID=$HERMES_DASHBOARD_USER_ID");
     assert!(read_until(&mut ws, "ID=c").contains("ID=carol"));
 
@@ -430,11 +343,11 @@ fn web_sessions_run_under_the_users_own_account() {
         "",
     );
     let alice = login(&w, "alice");
-    let t = ws_ticket(&w, &alice, &w.url).1["ticket"]
+    let t = ws_ticket(&w.url, &alice, &w.url).1["ticket"]
         .as_str()
         .unwrap()
         .to_owned();
-    let mut ws = open_ws(&w, &format!("ticket={t}"), &w.url).unwrap();
+    let mut ws = open_ws(&w.url, &format!("ticket={t}"), &w.url).unwrap();
     type_line(
         &mut ws,
         "echo WHO=$(id -un):$HOME:$HERMES_DASHBOARD_USER_ID",
@@ -449,11 +362,11 @@ fn web_sessions_run_under_the_users_own_account() {
     );
     // Bob has no entry in the map and no template applies: refused with the reason.
     let bob = login(&w, "bob");
-    let t = ws_ticket(&w, &bob, &w.url).1["ticket"]
+    let t = ws_ticket(&w.url, &bob, &w.url).1["ticket"]
         .as_str()
         .unwrap()
         .to_owned();
-    let mut ws = open_ws(&w, &format!("ticket={t}"), &w.url).unwrap();
+    let mut ws = open_ws(&w.url, &format!("ticket={t}"), &w.url).unwrap();
     let out = read_until(&mut ws, "no account is configured");
     assert!(out.contains("user bob: no account is configured"), "{out}");
 }

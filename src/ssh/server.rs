@@ -63,6 +63,13 @@ impl SshServer {
             keepalive_interval: settings.keepalive_interval,
             keepalive_max: 3,
             nodelay: true,
+            // What a client may send on a channel before a program reads it (the patched russh
+            // re-opens a window only as data is read): enough for keys typed during a sign-in
+            // or while the program starts, and 10 channels of it (twice, with the one queued
+            // chunk) stay under 64 KB. A channel
+            // whose program runs gets PROGRAM_WINDOW (session.rs).
+            window_size: super::session::PRE_PROGRAM_WINDOW,
+            channel_buffer_size: 16,
             ..Default::default()
         };
         SshServer {

@@ -29,8 +29,15 @@ use crate::ops::sessions::NewSession;
 use crate::ops::{Event, LiveSession};
 use secrecy::ExposeSecret;
 
-/// Input chunks queued between the channel and the program before the client is slowed down.
-const INPUT_QUEUE: usize = 64;
+/// Input chunks queued for the sign-in screen or a prompt before the client is slowed down
+/// (the channel's window then stays closed until they are read).
+const INPUT_QUEUE: usize = 1;
+/// The receive window of a channel no program reads yet: at most this and one queued chunk
+/// of it are held per channel.
+pub const PRE_PROGRAM_WINDOW: u32 = 2 * 1024;
+/// The receive window of a channel whose program runs (as upstream russh's default): it is
+/// re-opened only as the program reads, so a program that stops reading stops its client.
+const PROGRAM_WINDOW: u32 = 2 * 1024 * 1024;
 /// Bytes read from the program per write to the channel.
 const OUTPUT_CHUNK: usize = 32 * 1024;
 /// After the program exits, how long its remaining output may take to arrive.
@@ -915,6 +922,7 @@ async fn read_channel(
             a = &mut attach, if !attached => {
                 attached = true;
                 let Ok(mut a) = a else { continue };
+                read.set_receive_window(PROGRAM_WINDOW);
                 // Nothing else can queue now: this task is the only sender.
                 tx = None;
                 let mut ok = true;
@@ -931,21 +939,18 @@ async fn read_channel(
                     sink = Some((a.to, a.live));
                 }
             }
-            msg = read.wait() => match msg {
+            (room, msg) = next_message(&mut read, tx.as_ref().filter(|_| sink.is_none())) => match msg {
                 Some(ChannelMsg::Data { data }) => {
                     if let Some((to, live)) = &mut sink {
                         live.input(data.len());
                         // Waiting here is the backpressure: a program that does not read
-                        // slows the client down instead of growing a buffer.
+                        // leaves its channel's window closed, so the client stops sending.
                         tokio::select! {
                             r = to.write_all(&data) => if r.is_err() { sink = None },
                             _ = closed.cancelled() => break,
                         }
-                    } else if let Some(t) = &tx {
-                        tokio::select! {
-                            r = t.send(data) => if r.is_err() { tx = None },
-                            _ = closed.cancelled() => break,
-                        }
+                    } else if let Some(room) = room {
+                        room.send(data);
                     }
                 }
                 // Client EOF: the program's stdin closes (pipes) once queued input is written.
@@ -962,6 +967,20 @@ async fn read_channel(
         }
     }
     closed.cancel();
+}
+
+/// The channel's next message. Before a program runs, it is read only once `queue` has room
+/// for its data: what nobody has read stays unacknowledged in the channel's window instead of
+/// in a buffer here.
+async fn next_message(
+    read: &mut russh::ChannelReadHalf,
+    queue: Option<&mpsc::Sender<Bytes>>,
+) -> (Option<mpsc::OwnedPermit<Bytes>>, Option<ChannelMsg>) {
+    let room = match queue {
+        Some(q) => q.clone().reserve_owned().await.ok(),
+        None => None,
+    };
+    (room, read.wait().await)
 }
 
 /// Why a session's program is being ended.

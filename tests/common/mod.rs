@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub mod idp;
 pub mod rawssh;
 pub mod redis;
+pub mod webclient;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_hermes-ssh-gateway");
 
