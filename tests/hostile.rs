@@ -7,6 +7,8 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::idp::{free_port, oidc_section, Idp};
@@ -513,6 +515,39 @@ async fn channel_says(channel: &mut russh::Channel<russh::client::Msg>, needle: 
     found.unwrap_or(false)
 }
 
+/// `len` bytes of a paste, counting in `sent` what the SSH client has taken so far.
+struct Paste {
+    left: usize,
+    sent: Arc<AtomicUsize>,
+}
+
+impl Paste {
+    fn of(len: usize, sent: Arc<AtomicUsize>) -> Paste {
+        Paste { left: len, sent }
+    }
+
+    async fn into(
+        self,
+        channel: russh::ChannelWriteHalf<russh::client::Msg>,
+    ) -> Result<(), russh::Error> {
+        channel.data(self).await
+    }
+}
+
+impl tokio::io::AsyncRead for Paste {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let n = buf.remaining().min(self.left);
+        buf.put_slice(&vec![b'x'; n]);
+        self.left -= n;
+        self.sent.fetch_add(n, Ordering::Relaxed);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_program_that_stops_reading_stalls_only_its_own_channel() {
     let (_tmp, gw, key) = tokio::task::spawn_blocking(stalled_and_echo_gateway)
@@ -523,14 +558,26 @@ async fn a_program_that_stops_reading_stalls_only_its_own_channel() {
     let mut stalled = h.channel_open_session().await.unwrap();
     stalled.request_shell(false).await.unwrap();
     assert!(channel_says(&mut stalled, "READY").await);
-    // Paste 8 MB into the program that does not read: the client must be held back, not
+    // Paste 16 MB into the program that does not read: the client must be held back, not
     // buffered, and this send never completes.
     let (stalled_read, stalled_write) = stalled.split();
-    let paste = tokio::spawn(async move {
-        let big = vec![b'x'; 8 << 20];
-        stalled_write.data(&big[..]).await
-    });
+    let sent = Arc::new(AtomicUsize::new(0));
     let before = rss_kb(gw.pid());
+    let paste = tokio::spawn(Paste::of(16 << 20, sent.clone()).into(stalled_write));
+    // Wait until the paste is held back: nothing more leaves the client for a while.
+    let mut last = (0, Instant::now());
+    while last.1.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = sent.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+    }
+    assert!(
+        last.0 >= 64 << 10,
+        "the paste never got going: {} bytes",
+        last.0
+    );
     // Meanwhile the other channel of the same connection works.
     let mut echo = h.channel_open_session().await.unwrap();
     echo.exec(false, "echo").await.unwrap();
