@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Fails when the test suite left a process behind: any program a gateway started (it carries
 # HERMES_DASHBOARD_USER_ID), a gateway or its reaper built from this checkout, the test IdP, a
-# test Redis, a test browser or a benchmark sshd. Waits up to 15 s for processes that are still
-# being ended, then names what remains (and ends it, so one failed run does not poison the next).
+# test Redis, a test browser, a benchmark sshd or a test's network namespace. Waits up to 15 s
+# for what is still being ended, then names what remains (and ends it, so one failed run does
+# not poison the next).
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -26,11 +27,12 @@ leftovers() {
 }
 
 for _ in $(seq 1 30); do
-  left=$(leftovers)
+  left=$(leftovers; ip netns list 2>/dev/null | awk '/^hgw-/ {print "netns " $1}')
   [ -z "$left" ] && exit 0
   sleep 0.5
 done
 echo "the test suite left these processes running:" >&2
 echo "$left" >&2
-echo "$left" | awk '{print $1}' | xargs -r kill -KILL 2>/dev/null
+echo "$left" | awk '$1 != "netns" {print $1}' | xargs -r kill -KILL 2>/dev/null
+echo "$left" | awk '$1 == "netns" {print $2}' | xargs -r -n1 ip netns del 2>/dev/null
 exit 1

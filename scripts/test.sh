@@ -37,6 +37,8 @@ fi
 need useradd && need userdel || apt_install passwd
 need setpriv || apt_install util-linux
 need pgrep && need pkill || apt_install procps
+# Network namespaces with several IPv6 client addresses (tests/hostile.rs, per-network limits).
+need ip || apt_install iproute2
 
 # Debian's Chromium for the browser test (playwright-core drives it; it downloads no browser).
 [ -x /usr/bin/chromium ] || apt_install chromium

@@ -689,3 +689,201 @@ fn huge_sizes_and_messages_over_the_websocket_cost_the_gateway_nothing() {
     type_line(&mut ws, "echo still-$((3+3))");
     assert!(read_until(&mut ws, "still-6").contains("still-6"));
 }
+
+#[test]
+fn programs_that_left_their_group_end_with_their_session_cgroup_when_the_gateway_is_killed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = Keypair::new(tmp.path(), "alice_key");
+    // The child escapes the program's process group (setsid), as a daemon would: only the
+    // session's cgroup still holds it.
+    let mut gw = Gateway::start(
+        tmp.path(),
+        &config(
+            "",
+            "[session]\ncommand = [\"/bin/sh\", \"-c\", \"setsid sleep 600 & echo READY; wait\"]\n[session.limits]\nprocesses = 64\n",
+        ),
+    );
+    assert!(
+        gw.wait_log("session limits use cgroup", T).is_some(),
+        "this test needs session cgroups (root on a cgroup v1 or delegated v2 host): {}",
+        gw.log()
+    );
+    let user = format!("daemon-{}", std::process::id());
+    gw.set_keys(&user, &key.public_line);
+    assert!(gw.wait_log("users=1", T).is_some());
+    let marker = format!("HERMES_DASHBOARD_USER_ID={user}");
+    let mut args = ssh_base_args(gw.port);
+    args.extend([
+        "-tt".into(),
+        "-i".into(),
+        key.private.display().to_string(),
+        "127.0.0.1".into(),
+    ]);
+    let pty = PtyClient::spawn(&args, 80, 24);
+    assert!(pty.expect("READY", T), "{}", pty.output());
+    assert!(
+        eventually(T, || processes_with_env(&marker).len() >= 2),
+        "{:?}",
+        processes_with_env(&marker)
+    );
+    gw.kill();
+    assert!(
+        eventually(Duration::from_secs(10), || processes_with_env(&marker)
+            .is_empty()),
+        "left running: {:?}",
+        processes_with_env(&marker)
+    );
+}
+
+/// A network namespace of this test's own with IPv6 addresses on its loopback: the only way to
+/// have several client addresses in one /64 (and another /64) without touching the host.
+struct Netns(String);
+
+impl Netns {
+    fn new(addrs: &[&str]) -> Netns {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "hgw-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let ip = |args: &[&str]| {
+            let st = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .expect("ip (iproute2) runs");
+            assert!(st.success(), "ip {args:?}");
+        };
+        ip(&["netns", "add", &name]);
+        let ns = Netns(name);
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+        for a in addrs {
+            ip(&["-n", &ns.0, "-6", "addr", "add", a, "dev", "lo", "nodad"]);
+        }
+        ns
+    }
+
+    /// `ssh` run inside the namespace, from the local address `from`.
+    fn ssh(&self, port: u16, from: &str, extra: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new("ip");
+        // Keyboard-interactive (device sign-in) needs BatchMode off; ssh keeps the first value.
+        let base = ssh_base_args(port).into_iter().map(|a| {
+            if a == "BatchMode=yes" {
+                "BatchMode=no".into()
+            } else {
+                a
+            }
+        });
+        c.args(["netns", "exec", &self.0, "ssh"])
+            .args(base)
+            .args(["-b", from])
+            .args(extra)
+            .env_remove("SSH_AUTH_SOCK")
+            .stdin(std::process::Stdio::null());
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn ipv6_clients_are_counted_by_network_for_pending_slots_and_bans() {
+    let ns = Netns::new(&[
+        "2001:db8::1/64",
+        "2001:db8::a/64",
+        "2001:db8::b/64",
+        "2001:db8:0:1::c/64",
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let stranger = Keypair::new(tmp.path(), "stranger");
+    // Device sign-in on (the IdP need not answer: admission to sign in comes first).
+    let cfg = format!(
+        "[ssh]\nlisten = \"[2001:db8::1]:0\"\n[limits]\nauth_failures_before_ban = 2\n{}",
+        oidc_section("http://127.0.0.1:9", "max_pending_per_ip = 1\n")
+    );
+    let gw = Gateway::start_wrapped(tmp.path(), &cfg, &[], &["ip", "netns", "exec", &ns.0]);
+    let admitted = || gw.log().matches("admitted to device sign-in").count();
+    let hold = |from: &str| {
+        let mut c = ns.ssh(
+            gw.port,
+            from,
+            &[
+                "-N",
+                "-o",
+                "PreferredAuthentications=keyboard-interactive",
+                "2001:db8::1",
+            ],
+        );
+        c.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c.spawn().unwrap()
+    };
+    // One sign-in in progress from 2001:db8::a takes the /64's only pending slot…
+    let mut a = hold("2001:db8::a");
+    assert!(eventually(T, || admitted() == 1), "{}", gw.log());
+    // …so 2001:db8::b, another address of the same /64, is refused…
+    let mut b = ns.ssh(
+        gw.port,
+        "2001:db8::b",
+        &[
+            "-N",
+            "-o",
+            "PreferredAuthentications=keyboard-interactive",
+            "2001:db8::1",
+        ],
+    );
+    assert_eq!(run(b, T).status.code(), Some(255));
+    assert!(
+        gw.log()
+            .contains("too many sign-ins in progress from this address"),
+        "{}",
+        gw.log()
+    );
+    // …while another /64 still gets its own.
+    let mut c = hold("2001:db8:0:1::c");
+    assert!(eventually(T, || admitted() == 2), "{}", gw.log());
+    // A second failure from the first /64 (an unknown key) bans the whole /64 …
+    b = ns.ssh(
+        gw.port,
+        "2001:db8::b",
+        &[
+            "-o",
+            "PreferredAuthentications=publickey",
+            "-i",
+            stranger.private.to_str().unwrap(),
+            "2001:db8::1",
+            "whoami",
+        ],
+    );
+    assert_eq!(run(b, T).status.code(), Some(255));
+    assert!(gw.wait_log("address banned", T).is_some(), "{}", gw.log());
+    let banned = |from: &str| {
+        let cmd = ns.ssh(
+            gw.port,
+            from,
+            &[
+                "-o",
+                "PreferredAuthentications=publickey",
+                "-i",
+                stranger.private.to_str().unwrap(),
+                "2001:db8::1",
+                "whoami",
+            ],
+        );
+        let out = run(cmd, T);
+        // Banned: closed at accept, before the banner; not banned: a refused key.
+        !text(&out.stderr).contains("Permission denied")
+    };
+    assert!(banned("2001:db8::a"), "same /64 as the failures");
+    assert!(!banned("2001:db8:0:1::c"), "another /64");
+    for h in [&mut a, &mut c] {
+        let _ = h.kill();
+        let _ = h.wait();
+    }
+}

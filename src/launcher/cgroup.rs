@@ -185,6 +185,10 @@ impl Cgroups {
                 }
             }
         }
+        // Before any program joins: a gateway that dies still gets the cgroup emptied.
+        for dir in &cg.dirs {
+            super::reaper::watch_cgroup(dir);
+        }
         Ok(cg)
     }
 }
@@ -285,29 +289,34 @@ impl SessionCgroup {
     /// while it is being killed; each round removes what the last one missed).
     pub fn kill_all(&self) {
         for dir in &self.dirs {
-            // v2 kernels since 5.14 kill a whole cgroup atomically.
-            if write(&dir.join("cgroup.kill"), "1").is_ok() {
-                continue;
-            }
-            for _ in 0..100 {
-                let Ok(list) = fs::read_to_string(dir.join("cgroup.procs")) else {
-                    break;
-                };
-                let pids: Vec<i32> = list
-                    .split_whitespace()
-                    .filter_map(|p| p.parse().ok())
-                    .collect();
-                if pids.is_empty() {
-                    break;
-                }
-                for pid in pids {
-                    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                    }
-                }
-                std::thread::sleep(std::time::Duration::from_millis(5));
+            kill_dir(dir);
+        }
+    }
+}
+
+/// SIGKILL to every process in the cgroup directory `dir`, until none is left.
+pub fn kill_dir(dir: &Path) {
+    // v2 kernels since 5.14 kill a whole cgroup atomically.
+    if write(&dir.join("cgroup.kill"), "1").is_ok() {
+        return;
+    }
+    for _ in 0..100 {
+        let Ok(list) = fs::read_to_string(dir.join("cgroup.procs")) else {
+            break;
+        };
+        let pids: Vec<i32> = list
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
@@ -323,6 +332,7 @@ impl Drop for SessionCgroup {
                     Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
                 }
             }
+            super::reaper::forget_cgroup(dir);
         }
     }
 }

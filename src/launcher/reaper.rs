@@ -65,16 +65,26 @@ fn tell(line: String) {
 
 /// A program started in process group `pgid`.
 pub fn watch(pgid: i32) {
-    tell(format!("+{pgid}\n"));
+    tell(format!("+g{pgid}\n"));
 }
 
 /// Process group `pgid` is gone: it must not be signalled later (its number may be reused).
 pub fn forget(pgid: i32) {
-    tell(format!("-{pgid}\n"));
+    tell(format!("-g{pgid}\n"));
 }
 
-/// The watcher's main: reads `+pgid` / `-pgid` lines until the gateway's end of the pipe
-/// closes, then ends every group still listed. Signals meant for the gateway (Ctrl-C in its
+/// A session cgroup (it also holds what left the program's group: `setsid`, daemons).
+pub fn watch_cgroup(dir: &std::path::Path) {
+    tell(format!("+c{}\n", dir.display()));
+}
+
+/// A session cgroup was emptied and removed.
+pub fn forget_cgroup(dir: &std::path::Path) {
+    tell(format!("-c{}\n", dir.display()));
+}
+
+/// The watcher's main: reads `+g<pgid>` / `-g<pgid>` and `+c<dir>` / `-c<dir>` lines until the
+/// gateway's end of the pipe closes, then ends every group and cgroup still listed. Signals meant for the gateway (Ctrl-C in its
 /// terminal, a SIGTERM to its process group) are ignored: only the pipe says it is gone.
 pub fn run() -> i32 {
     use nix::sys::signal::{signal, SigHandler, Signal};
@@ -90,27 +100,40 @@ pub fn run() -> i32 {
         let _ = unsafe { signal(s, SigHandler::SigIgn) };
     }
     let mut groups = HashSet::new();
+    let mut cgroups = HashSet::new();
     for line in io::stdin().lock().lines() {
         let Ok(line) = line else { break };
-        let (op, n) = line.split_at(line.len().min(1));
-        match (op, n.parse::<i32>()) {
-            ("+", Ok(p)) if p > 1 => {
+        let Some((op, rest)) = line.split_at_checked(2) else {
+            continue;
+        };
+        match (op, rest.parse::<i32>()) {
+            ("+g", Ok(p)) if p > 1 => {
                 groups.insert(p);
             }
-            ("-", Ok(p)) => {
+            ("-g", Ok(p)) => {
                 groups.remove(&p);
+            }
+            ("+c", _) => {
+                cgroups.insert(std::path::PathBuf::from(rest));
+            }
+            ("-c", _) => {
+                cgroups.remove(std::path::Path::new(rest));
             }
             _ => {}
         }
     }
-    if groups.is_empty() {
+    if groups.is_empty() && cgroups.is_empty() {
         return 0;
     }
     eprintln!(
         "hermes-ssh-gateway reaper: the gateway is gone; ending {} program group(s) it left running",
-        groups.len()
+        groups.len().max(cgroups.len())
     );
     end_groups(&groups);
+    for dir in &cgroups {
+        super::cgroup::kill_dir(dir);
+        let _ = std::fs::remove_dir(dir);
+    }
     0
 }
 

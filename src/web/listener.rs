@@ -88,6 +88,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let counts = Arc::new(Counts::default());
+    let mut refusals = Refusals::default();
     let tracker = TaskTracker::new();
     let request_timeout = limits.request_timeout;
     let router = router.layer(axum::middleware::from_fn(
@@ -110,7 +111,7 @@ pub async fn serve(
         };
         let group = address_group(peer.ip(), limits.ipv6_prefix);
         let Some(place) = counts.take(group, &limits) else {
-            tracing::debug!(%peer, "web connection refused: too many connections");
+            refusals.refused(peer);
             continue;
         };
         let router = router.clone();
@@ -123,6 +124,33 @@ pub async fn serve(
     }
     tracker.close();
     tracker.wait().await;
+}
+
+/// Refused connections, logged at most every few seconds: a flood must not become a flood of
+/// log lines too.
+#[derive(Default)]
+struct Refusals {
+    since_last: u64,
+    last: Option<std::time::Instant>,
+}
+
+impl Refusals {
+    fn refused(&mut self, peer: SocketAddr) {
+        self.since_last += 1;
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+        {
+            return;
+        }
+        tracing::warn!(
+            %peer,
+            refused = self.since_last,
+            "web connections refused: too many open (in total or from one address)"
+        );
+        self.since_last = 0;
+        self.last = Some(std::time::Instant::now());
+    }
 }
 
 async fn serve_connection(

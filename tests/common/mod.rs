@@ -138,9 +138,9 @@ impl Gateway {
             .unwrap_or_else(|| panic!("gateway did not start; log:\n{}", gw.log()));
         let addr = line
             .split_whitespace()
-            .find_map(|w| w.strip_prefix("addr=127.0.0.1:"))
+            .find_map(|w| w.strip_prefix("addr="))
             .expect("listening line names the address");
-        gw.port = addr.parse().unwrap();
+        gw.port = addr.rsplit(':').next().unwrap().parse().unwrap();
         gw
     }
 
