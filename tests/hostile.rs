@@ -335,23 +335,29 @@ fn processes_with_env(marker: &str) -> Vec<i32> {
     out
 }
 
-#[test]
-fn programs_and_their_children_end_when_the_gateway_is_killed() {
+/// A gateway running `session` for one user whose id belongs to this run only (other runs'
+/// leftovers must not count); the environment entry that marks that user's programs.
+fn gateway_for_orphans(
+    session: &str,
+    prefix: &str,
+) -> (tempfile::TempDir, Gateway, Keypair, String) {
     let tmp = tempfile::tempdir().unwrap();
-    let key = Keypair::new(tmp.path(), "alice_key");
-    // The program starts a child of its own and waits; both ignore nothing.
-    let mut gw = Gateway::start(
-        tmp.path(),
-        &config(
-            "",
-            "[session]\ncommand = [\"/bin/sh\", \"-c\", \"sleep 600 & echo READY; wait\"]\n",
-        ),
-    );
-    // A user id of this run only: other runs' leftovers must not count.
-    let user = format!("orphan-{}", std::process::id());
+    let key = Keypair::new(tmp.path(), "key");
+    let gw = Gateway::start(tmp.path(), &config("", session));
+    let user = format!("{prefix}-{}", std::process::id());
     gw.set_keys(&user, &key.public_line);
     assert!(gw.wait_log("users=1", T).is_some());
     let marker = format!("HERMES_DASHBOARD_USER_ID={user}");
+    (tmp, gw, key, marker)
+}
+
+#[test]
+fn programs_and_their_children_end_when_the_gateway_is_killed() {
+    // The program starts a child of its own and waits; both ignore nothing.
+    let (_tmp, mut gw, key, marker) = gateway_for_orphans(
+        "[session]\ncommand = [\"/bin/sh\", \"-c\", \"sleep 600 & echo READY; wait\"]\n",
+        "orphan",
+    );
     let marker = marker.as_str();
     // A PTY session and a pipe session.
     let mut args = ssh_base_args(gw.port);
@@ -692,26 +698,17 @@ fn huge_sizes_and_messages_over_the_websocket_cost_the_gateway_nothing() {
 
 #[test]
 fn programs_that_left_their_group_end_with_their_session_cgroup_when_the_gateway_is_killed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let key = Keypair::new(tmp.path(), "alice_key");
     // The child escapes the program's process group (setsid), as a daemon would: only the
     // session's cgroup still holds it.
-    let mut gw = Gateway::start(
-        tmp.path(),
-        &config(
-            "",
-            "[session]\ncommand = [\"/bin/sh\", \"-c\", \"setsid sleep 600 & echo READY; wait\"]\n[session.limits]\nprocesses = 64\n",
-        ),
+    let (_tmp, mut gw, key, marker) = gateway_for_orphans(
+        "[session]\ncommand = [\"/bin/sh\", \"-c\", \"setsid sleep 600 & echo READY; wait\"]\n[session.limits]\nprocesses = 64\n",
+        "daemon",
     );
     assert!(
-        gw.wait_log("session limits use cgroup", T).is_some(),
+        gw.log().contains("session limits use cgroup"),
         "this test needs session cgroups (root on a cgroup v1 or delegated v2 host): {}",
         gw.log()
     );
-    let user = format!("daemon-{}", std::process::id());
-    gw.set_keys(&user, &key.public_line);
-    assert!(gw.wait_log("users=1", T).is_some());
-    let marker = format!("HERMES_DASHBOARD_USER_ID={user}");
     let mut args = ssh_base_args(gw.port);
     args.extend([
         "-tt".into(),
