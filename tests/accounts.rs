@@ -639,7 +639,7 @@ fn with_capabilities_instead_of_root_programs_keep_none_of_them() {
     let cfg = config(
         "",
         &format!(
-            "[session]\ncommand = [\"/bin/sh\", \"-c\", \"echo UID=$(id -u) HOME=$HOME; grep -E '^Cap(Prm|Eff|Amb)' /proc/self/status\"]\nrun_as = \"{}{{user_id}}\"\n[state]\ndir = \"{}\"\n",
+            "[session]\ncommand = [\"/bin/sh\", \"-c\", \"echo UID=$(id -u) HOME=$HOME; grep -E '^(Cap|NoNewPrivs)' /proc/self/status\"]\nrun_as = \"{}{{user_id}}\"\n[state]\ndir = \"{}\"\n",
             acc.prefix,
             tmp.path().join("keys/state").display()
         ),
@@ -654,11 +654,92 @@ fn with_capabilities_instead_of_root_programs_keep_none_of_them() {
     assert_eq!(field(&stdout, "UID"), uid.to_string());
     assert_eq!(field(&stdout, "HOME"), home.display().to_string());
     // The gateway's capabilities did not reach the program.
-    for set in ["CapPrm", "CapEff", "CapAmb"] {
-        let line = stdout
+    assert_no_privileges(&stdout, false);
+}
+
+/// What `grep -E '^(Cap|NoNewPrivs)' /proc/self/status` printed shows a program that holds no
+/// capability, cannot gain one by exec (no_new_privs) and, where the gateway could drop it, has
+/// an empty bounding set.
+fn assert_no_privileges(status: &str, bounding_dropped: bool) {
+    let value = |key: &str| {
+        status
             .lines()
-            .find(|l| l.starts_with(set))
-            .unwrap_or_else(|| panic!("{stdout}"));
-        assert!(line.ends_with("0000000000000000"), "{line}");
+            .find_map(|l| l.strip_prefix(&format!("{key}:")))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {key} in {status}"))
+            .to_owned()
+    };
+    for set in ["CapPrm", "CapEff", "CapAmb", "CapInh"] {
+        assert_eq!(value(set), "0000000000000000", "{set}: {status}");
     }
+    assert_eq!(value("NoNewPrivs"), "1", "{status}");
+    if bounding_dropped {
+        assert_eq!(value("CapBnd"), "0000000000000000", "{status}");
+    }
+}
+
+const PRIVILEGES: &str = "[session]\ncommand = [\"/bin/sh\", \"-c\", \"echo UID=$(id -u); grep -E '^(Cap|NoNewPrivs)' /proc/self/status\"]\n";
+
+#[test]
+fn programs_hold_no_privileges_even_without_an_account_switch() {
+    require_root();
+    // The gateway as root, programs under its own account (the quick start as root).
+    let tmp = shared_tmp();
+    let key = Keypair::new(tmp.path(), "alice_key");
+    let gw = start(tmp.path(), PRIVILEGES, &[("alice", &key)]);
+    let out = ssh_run(&gw, &key, "");
+    let stdout = text(&out.stdout);
+    assert_eq!(field(&stdout, "UID"), "0", "{out:?}");
+    assert_no_privileges(&stdout, true);
+    drop(gw);
+
+    // The gateway as nobody with ambient capabilities, programs under its own account.
+    let tmp = shared_tmp();
+    std::fs::create_dir_all(tmp.path().join("keys/users")).unwrap();
+    give_to_nobody(&tmp.path().join("keys"));
+    let caps = "+setuid,+setgid,+kill,+chown,+fowner,+dac_override";
+    let (inh, amb) = (
+        format!("--inh-caps={caps}"),
+        format!("--ambient-caps={caps}"),
+    );
+    let wrapper = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        &inh,
+        &amb,
+        "--",
+    ];
+    let state = format!(
+        "[state]\ndir = \"{}\"\n",
+        tmp.path().join("keys/state").display()
+    );
+    let gw = Gateway::start_wrapped(
+        tmp.path(),
+        &config("", &format!("{PRIVILEGES}{state}")),
+        &[],
+        &wrapper,
+    );
+    gw.set_keys("alice", &key.public_line);
+    assert!(gw.wait_log("users=1", T).is_some());
+    let out = ssh_run(&gw, &key, "");
+    let stdout = text(&out.stdout);
+    assert_eq!(field(&stdout, "UID"), "65534", "{out:?}\n{}", gw.log());
+    assert_no_privileges(&stdout, false);
+    drop(gw);
+
+    // … and no user may be mapped to the gateway's own account.
+    let cfg = format!("{PRIVILEGES}[session.accounts]\nalice = \"nobody\"\n{state}");
+    let gw = Gateway::start_wrapped(tmp.path(), &config("", &cfg), &[], &wrapper);
+    gw.set_keys("alice", &key.public_line);
+    assert!(gw.wait_log("users=1", T).is_some());
+    let out = ssh_run(&gw, &key, "");
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("the gateway's own account")
+            || gw.log().contains("the gateway's own account"),
+        "{out:?}\n{}",
+        gw.log()
+    );
 }

@@ -226,6 +226,17 @@ impl AccountPolicy {
         if uid == 0 {
             return Err(refuse("it is uid 0 (root)".into()));
         }
+        // A program under the gateway's own account could read its keys and state, signal it
+        // and inherit what it holds: never hand that account to a user.
+        let gateway = [
+            rustix::process::getuid().as_raw(),
+            rustix::process::geteuid().as_raw(),
+        ];
+        if gateway.contains(&uid) {
+            return Err(refuse(format!(
+                "it is the gateway's own account (uid {uid})"
+            )));
+        }
         if source == Source::Template {
             let gecos = user_entry.gecos.to_string_lossy().into_owned();
             match gecos.strip_prefix(MARKER) {

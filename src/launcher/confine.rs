@@ -193,6 +193,9 @@ struct CapData {
 }
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+/// The highest capability number dropping the bounding set walks to (CAP_CHECKPOINT_RESTORE is
+/// 40 on current kernels; numbers a kernel does not know fail harmlessly).
+const LAST_CAP: u32 = 63;
 
 /// The part of a [`Confinement`] the child applies to itself.
 #[derive(Debug)]
@@ -228,27 +231,51 @@ impl ChildSetup {
             for (res, lim) in &self.rlimits {
                 check(libc::setrlimit(*res as libc::__rlimit_resource_t, lim))?;
             }
+            // No program may gain a capability, whatever account it runs as and whatever it
+            // executes: the bounding set goes first (it needs CAP_SETPCAP, which a gateway
+            // without it does not have to give up; no_new_privs below covers that case).
+            for cap in 0..=LAST_CAP {
+                libc::prctl(
+                    libc::PR_CAPBSET_DROP,
+                    cap as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                );
+            }
             if let Some(s) = &self.switch {
                 check(libc::setgroups(s.groups.len(), s.groups.as_ptr()))?;
                 check(libc::setresgid(s.gid, s.gid, s.gid))?;
                 check(libc::setresuid(s.uid, s.uid, s.uid))?;
-                // A gateway running with capabilities instead of as root keeps them across a
-                // non-root uid change: drop every one (ambient ones would survive exec).
-                check(libc::prctl(
-                    libc::PR_CAP_AMBIENT,
-                    libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-                    0 as libc::c_ulong,
-                    0 as libc::c_ulong,
-                    0 as libc::c_ulong,
-                ))?;
-                let header = CapHeader {
-                    version: LINUX_CAPABILITY_VERSION_3,
-                    pid: 0,
-                };
-                let data = [CapData::default(); 2];
-                if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+            }
+            // A gateway running with capabilities instead of as root keeps them in its
+            // children, with or without a uid change: drop every one (ambient ones would even
+            // survive exec).
+            check(libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            ))?;
+            let header = CapHeader {
+                version: LINUX_CAPABILITY_VERSION_3,
+                pid: 0,
+            };
+            let data = [CapData::default(); 2];
+            if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Nothing executed later (setuid-root binaries, file capabilities, uid 0's
+            // implicit ones) grants what the program does not have now.
+            check(libc::prctl(
+                libc::PR_SET_NO_NEW_PRIVS,
+                1 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            ))?;
+            if let Some(s) = &self.switch {
                 // Belt and braces: if root could be regained, the switch did not happen.
                 if libc::setuid(0) == 0 && s.uid != 0 {
                     return Err(io::Error::from_raw_os_error(libc::EPERM));

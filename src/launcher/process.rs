@@ -494,12 +494,15 @@ fn classify_spawn_error(prepared: &Prepared, msg: &str) -> LaunchError {
 }
 
 pub(super) fn spawn_pipes(prepared: Prepared) -> Result<Process, LaunchError> {
-    use std::os::unix::process::CommandExt as _;
     use std::process::Stdio;
-    let mut std_cmd = command(&prepared, || Ok(()));
+    // A session of its own (so also its own process group, which hang-up signals): without
+    // one it would share the gateway's controlling terminal, where a program could open
+    // /dev/tty and, with TIOCSTI, type into the operator's shell.
+    let mut std_cmd = command(&prepared, || {
+        rustix::process::setsid()?;
+        Ok(())
+    });
     std_cmd
-        // Its own process group, so hang-up can signal everything it starts.
-        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
