@@ -45,3 +45,91 @@ fn every_program_leads_a_session_of_its_own_with_or_without_a_pty() {
     assert_eq!(field(&out, "SID"), field(&out, "PID"), "{out}");
     assert_ne!(field(&out, "TTY"), "0", "{out}");
 }
+
+fn try_login(gw: &Gateway, key: &Keypair, args: &[&str]) -> std::process::Output {
+    let mut ssh = gw.ssh(key);
+    ssh.args(args);
+    run(ssh, T)
+}
+
+#[test]
+fn key_file_options_narrow_what_a_key_may_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(tmp.path(), &config("", WHO_AM_I));
+    let keys: Vec<Keypair> = (0..7)
+        .map(|i| Keypair::new(tmp.path(), &format!("k{i}")))
+        .collect();
+    let line = |opts: &str, k: &Keypair| format!("{opts} {}\n", k.public_line);
+    gw.set_keys(
+        "alice",
+        &[
+            line("from=\"10.9.9.9\"", &keys[0]),
+            line("from=\"10.0.0.0/8,127.0.0.0/8,!127.0.0.2\"", &keys[1]),
+            line("expiry-time=\"20200101\"", &keys[2]),
+            line("expiry-time=\"29991231Z\",no-port-forwarding", &keys[3]),
+            line("no-pty", &keys[4]),
+            line("restrict", &keys[5]),
+            line("command=\"/bin/sh\"", &keys[6]),
+        ]
+        .concat(),
+    );
+    assert!(gw.wait_log("users=1", T).is_some());
+    let whoami = |k: &Keypair| try_login(&gw, k, &["127.0.0.1", "whoami"]);
+    // from=: only from matching addresses.
+    assert_eq!(
+        whoami(&keys[0]).status.code(),
+        Some(255),
+        "from=\"10.9.9.9\" logged in from 127.0.0.1"
+    );
+    assert!(
+        whoami(&keys[1]).status.success(),
+        "from= with a matching CIDR"
+    );
+    // expiry-time=: not after it.
+    assert_eq!(
+        whoami(&keys[2]).status.code(),
+        Some(255),
+        "an expired key logged in"
+    );
+    assert!(
+        whoami(&keys[3]).status.success(),
+        "a key that expires in 2999"
+    );
+    // An option the gateway cannot honour skips the line, reported with file:line.
+    assert_eq!(
+        whoami(&keys[6]).status.code(),
+        Some(255),
+        "command= was ignored"
+    );
+    let log = gw.log();
+    assert!(log.contains("alice.keys:7: line skipped: option"), "{log}");
+    assert!(log.contains("not allowed from this address"), "{log}");
+    assert!(log.contains("key expired"), "{log}");
+    // no-pty and restrict: no PTY (the program still runs, without a terminal), no browser
+    // terminal either.
+    for k in [&keys[4], &keys[5]] {
+        // From a terminal, as a person connects (an explicit -t makes OpenSSH give up instead).
+        let c = PtyClient::spawn(&gw.pty_args(k), 80, 24);
+        assert!(c.expect("TTY=", T), "{}", c.output());
+        let out = c.output();
+        assert!(out.contains("PTY allocation request failed"), "{out}");
+        assert_eq!(field(&out, "TTY"), "0", "{out}");
+        let out = try_login(&gw, k, &["127.0.0.1", "link"]);
+        assert!(
+            text(&out.stderr).contains("may not open a terminal"),
+            "{out:?}"
+        );
+    }
+    // check-config names the bad line too.
+    let out = run(
+        {
+            let mut c = std::process::Command::new(BIN);
+            c.arg("--config")
+                .arg(tmp.path().join("gateway.toml"))
+                .arg("check-config");
+            c
+        },
+        T,
+    );
+    assert!(text(&out.stdout).contains("alice.keys:7:"), "{out:?}");
+}

@@ -15,6 +15,7 @@ use ssh_key::authorized_keys::Entry;
 use ssh_key::{Algorithm, Fingerprint, HashAlg, PublicKey};
 use tokio_util::sync::CancellationToken;
 
+use super::key_options::KeyOptions;
 use super::UserId;
 
 /// The file name ending that marks a key file.
@@ -40,7 +41,7 @@ impl std::fmt::Display for KeyProblem {
 /// One immutable view of all key files.
 #[derive(Debug, Default)]
 pub struct KeySnapshot {
-    by_fingerprint: HashMap<Fingerprint, UserId>,
+    by_fingerprint: HashMap<Fingerprint, (UserId, KeyOptions)>,
     users: BTreeSet<UserId>,
     /// Everything that was skipped, in file order.
     pub problems: Vec<KeyProblem>,
@@ -70,8 +71,8 @@ impl KeySnapshot {
         // the directory's hash order.
         files.sort();
 
-        // fingerprint -> (user, "file:line") of its first listing
-        let mut seen: HashMap<Fingerprint, (UserId, String)> = HashMap::new();
+        // fingerprint -> (user, "file:line", options) of its first listing
+        let mut seen: HashMap<Fingerprint, (UserId, String, KeyOptions)> = HashMap::new();
         let mut conflicted: BTreeSet<Fingerprint> = BTreeSet::new();
         for path in files {
             let stem = path
@@ -104,7 +105,7 @@ impl KeySnapshot {
             snap.users.insert(user.clone());
             for (idx, line) in text.lines().enumerate() {
                 let location = format!("{}:{}", path.display(), idx + 1);
-                let key = match parse_key_line(line) {
+                let (key, options) = match parse_key_entry(line) {
                     Ok(None) => continue,
                     Ok(Some(k)) => k,
                     Err(msg) => {
@@ -114,8 +115,8 @@ impl KeySnapshot {
                 };
                 let fp = key.fingerprint(HashAlg::Sha256);
                 match seen.get(&fp) {
-                    Some((other, _)) if *other == user => {}
-                    Some((other, first)) => {
+                    Some((other, _, _)) if *other == user => {}
+                    Some((other, first, _)) => {
                         snap.problem(
                             location,
                             format!(
@@ -126,14 +127,14 @@ impl KeySnapshot {
                         conflicted.insert(fp);
                     }
                     None => {
-                        seen.insert(fp, (user.clone(), location));
+                        seen.insert(fp, (user.clone(), location, options));
                     }
                 }
             }
         }
-        for (fp, (user, _)) in seen {
+        for (fp, (user, _, options)) in seen {
             if !conflicted.contains(&fp) {
-                snap.by_fingerprint.insert(fp, user);
+                snap.by_fingerprint.insert(fp, (user, options));
             }
         }
         snap
@@ -149,7 +150,14 @@ impl KeySnapshot {
 
     /// The user a key is mapped to.
     pub fn lookup(&self, key: &PublicKey) -> Option<&UserId> {
-        self.by_fingerprint.get(&key.fingerprint(HashAlg::Sha256))
+        self.entry(key).map(|(user, _)| user)
+    }
+
+    /// The user a key is mapped to, and what its line's options allow.
+    pub fn entry(&self, key: &PublicKey) -> Option<(&UserId, &KeyOptions)> {
+        self.by_fingerprint
+            .get(&key.fingerprint(HashAlg::Sha256))
+            .map(|(u, o)| (u, o))
     }
 
     /// How many keys are mapped.
@@ -174,6 +182,11 @@ fn is_key_file(p: &Path) -> bool {
 
 /// Parses one line: `Ok(None)` for blank lines and comments.
 pub fn parse_key_line(line: &str) -> Result<Option<PublicKey>, String> {
+    Ok(parse_key_entry(line)?.map(|(key, _)| key))
+}
+
+/// Parses one line with its options prefix: `Ok(None)` for blank lines and comments.
+pub fn parse_key_entry(line: &str) -> Result<Option<(PublicKey, KeyOptions)>, String> {
     let trimmed = line.trim();
     if trimmed.is_empty() || trimmed.starts_with('#') {
         return Ok(None);
@@ -181,6 +194,7 @@ pub fn parse_key_line(line: &str) -> Result<Option<PublicKey>, String> {
     let entry: Entry = trimmed
         .parse()
         .map_err(|e| format!("not an OpenSSH public key line ({e})"))?;
+    let options = KeyOptions::parse(entry.config_opts())?;
     let key = entry.public_key().clone();
     match key.algorithm() {
         Algorithm::Ed25519 | Algorithm::Ecdsa { .. } | Algorithm::Rsa { .. } => {}
@@ -203,7 +217,7 @@ pub fn parse_key_line(line: &str) -> Result<Option<PublicKey>, String> {
             }
         }
     }
-    Ok(Some(key))
+    Ok(Some((key, options)))
 }
 
 /// The live registry: a snapshot swapped whole on reload, so a lookup never sees half a reload.
@@ -244,6 +258,13 @@ impl KeyRegistry {
     /// The user a key is mapped to, right now.
     pub fn lookup(&self, key: &PublicKey) -> Option<UserId> {
         self.snapshot().lookup(key).cloned()
+    }
+
+    /// The user a key is mapped to and its line's options, right now.
+    pub fn entry(&self, key: &PublicKey) -> Option<(UserId, KeyOptions)> {
+        self.snapshot()
+            .entry(key)
+            .map(|(u, o)| (u.clone(), o.clone()))
     }
 
     /// Re-reads every file and swaps the snapshot in; logs problems and returns the new snapshot.

@@ -4,6 +4,7 @@
 //! russh nor axum: keys are `ssh_key` types, identities are plain data.
 
 pub mod claims;
+pub mod key_options;
 pub mod keys;
 pub mod limits;
 pub mod oidc;

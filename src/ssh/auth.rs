@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use russh::keys::ssh_key::{HashAlg, PublicKey};
 
+use crate::identity::key_options::{KeyOptions, KeyRefusal};
 use crate::identity::limits::{PendingPermit, PendingSlots};
 use crate::identity::store::EnrollmentStore;
 use crate::identity::{Identity, KeyRegistry, Pending, ProvenKey};
@@ -62,6 +63,8 @@ pub struct Authenticator {
     seen_unknown: HashSet<String>,
     permit: Option<PendingPermit>,
     principal: Option<Principal>,
+    /// The accepted key's line says `no-pty` (or `restrict`).
+    no_pty: bool,
 }
 
 impl Authenticator {
@@ -81,7 +84,13 @@ impl Authenticator {
             seen_unknown: HashSet::new(),
             permit: None,
             principal: None,
+            no_pty: false,
         }
+    }
+
+    /// Whether the key that signed in may not have a PTY (`no-pty`, `restrict`).
+    pub fn no_pty(&self) -> bool {
+        self.no_pty
     }
 
     fn done(&self) -> bool {
@@ -98,17 +107,32 @@ impl Authenticator {
         self.limiter.is_some()
     }
 
-    async fn known(&self, key: &PublicKey, fp: &str) -> Option<Identity> {
-        if let Some(user) = self.registry.lookup(key) {
-            return Some(Identity::from_mapped_key(user, fp.to_owned()));
+    /// Who a key belongs to, with what its key-file line allows (`Err`: a mapped key its own
+    /// options refuse now; it is never treated as unknown, so it cannot be enrolled either).
+    async fn known(
+        &self,
+        key: &PublicKey,
+        fp: &str,
+    ) -> Result<Option<(Identity, KeyOptions)>, &'static str> {
+        if let Some((user, options)) = self.registry.entry(key) {
+            return match options.check(self.remote, crate::identity::store::unix_now() as i64) {
+                Ok(()) => Ok(Some((
+                    Identity::from_mapped_key(user, fp.to_owned()),
+                    options,
+                ))),
+                Err(KeyRefusal::Address(_)) => {
+                    Err("key is not allowed from this address (from= in its key file)")
+                }
+                Err(KeyRefusal::Expired) => Err("key expired (expiry-time= in its key file)"),
+            };
         }
         match self.enrollments.lookup(fp).await {
-            Ok(Some(e)) => Some(e.identity(fp)),
-            Ok(None) => None,
+            Ok(Some(e)) => Ok(Some((e.identity(fp), KeyOptions::default()))),
+            Ok(None) => Ok(None),
             Err(e) => {
                 // Fail closed: an unreadable store admits nobody by enrollment.
                 tracing::error!(error = %e, "enrollment lookup failed");
-                None
+                Ok(None)
             }
         }
     }
@@ -121,7 +145,7 @@ impl Authenticator {
             return Err("already authenticated");
         }
         let fp = fp(key);
-        if self.known(key, &fp).await.is_some() {
+        if self.known(key, &fp).await?.is_some() {
             return Ok(());
         }
         if self.seen_unknown.contains(&fp) {
@@ -140,10 +164,15 @@ impl Authenticator {
             return Decision::Reject("already authenticated");
         }
         let fp = fp(key);
-        if let Some(id) = self.known(key, &fp).await {
-            self.permit = None;
-            self.principal = Some(Principal::Identity(id.clone()));
-            return Decision::Accept(id);
+        match self.known(key, &fp).await {
+            Ok(Some((id, options))) => {
+                self.permit = None;
+                self.no_pty = options.no_pty;
+                self.principal = Some(Principal::Identity(id.clone()));
+                return Decision::Accept(id);
+            }
+            Err(reason) => return Decision::Reject(reason),
+            Ok(None) => {}
         }
         self.seen_unknown.insert(fp.clone());
         if !self.device_enabled() {

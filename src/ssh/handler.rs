@@ -183,6 +183,9 @@ impl russh::server::Handler for ConnectionHandler {
                 // sign-in proves nothing yet.
                 self.ctx.bans_success(self.remote.parse().ok()).await;
                 self.progress.set(Stage::SignedIn);
+                if self.auth.no_pty() {
+                    self.channels.forbid_pty();
+                }
                 self.channels.set_principal(p);
             }
             Some(p @ Principal::Pending(_)) => {
@@ -241,6 +244,9 @@ impl russh::server::Handler for ConnectionHandler {
             modes: terminal_modes(modes),
         };
         let ok = self.channels.pty_request(channel, params);
+        if !ok && self.channels.pty_forbidden() {
+            self.refuse("PTY (no-pty or restrict in the key file)");
+        }
         Self::reply(session, channel, ok)
     }
 

@@ -110,6 +110,8 @@ pub struct Channels {
     slots: HashMap<ChannelId, Slot>,
     /// Session channels opened so far, closed ones included.
     opened: usize,
+    /// The key's line says `no-pty` (or `restrict`): no PTY, and no browser terminal either.
+    no_pty: bool,
     state: SharedState,
     remote: Option<std::net::IpAddr>,
     progress: Arc<AuthProgress>,
@@ -128,11 +130,22 @@ impl Channels {
             ctx,
             slots: HashMap::new(),
             opened: 0,
+            no_pty: false,
             state: SharedState::default(),
             remote,
             progress,
             span,
         }
+    }
+
+    /// The key that signed in may not have a PTY.
+    pub fn forbid_pty(&mut self) {
+        self.no_pty = true;
+    }
+
+    /// Whether PTYs are refused on this connection.
+    pub fn pty_forbidden(&self) -> bool {
+        self.no_pty
     }
 
     /// Authentication finished (the listener task times out a pending connection).
@@ -195,6 +208,9 @@ impl Channels {
 
     /// `pty-req`: remembered for the program that starts later. Refused once it runs.
     pub fn pty_request(&mut self, id: ChannelId, pty: PtyParams) -> bool {
+        if self.no_pty {
+            return false;
+        }
         match self.slots.get_mut(&id) {
             Some(slot) if slot.writer.is_some() => {
                 if let Ok(mut r) = slot.resize.lock() {
@@ -267,7 +283,13 @@ impl Channels {
                     Start::Work(identity.clone(), Work::Program(Vec::new()))
                 }
                 (ConnState::Identity(identity), Request::Exec(cmd)) => {
-                    Start::Work(identity.clone(), classify_exec(cmd, self.ctx.exec_policy))
+                    match classify_exec(cmd, self.ctx.exec_policy) {
+                        // A browser terminal is a PTY by another road.
+                        Work::Link if self.no_pty => Start::Refuse(
+                            "hermes-ssh-gateway: this key may not open a terminal (no-pty or restrict in its key file), in a browser either".into(),
+                        ),
+                        work => Start::Work(identity.clone(), work),
+                    }
                 }
                 (ConnState::Pending(_), Request::Shell) => {
                     match std::mem::replace(&mut *st, ConnState::SigningIn) {
@@ -373,7 +395,7 @@ impl Job {
             Start::Work(identity, work) => self.work(identity, work).await,
             Start::SignIn(pending) => self.sign_in(pending).await,
             Start::Refuse(msg) => {
-                tracing::info!("refused exec on a pending connection");
+                tracing::info!("refused: {msg}");
                 self.refuse(&msg).await;
             }
         }
