@@ -262,6 +262,10 @@ pub struct OidcConfig {
     /// Prepended to the claim's value, e.g. `"corp:"`.
     #[serde(default)]
     pub user_id_prefix: String,
+    /// User ids that may be both a key-file user and an identity-provider user (the same
+    /// person); any other identity-provider user whose id names a key-file user is refused.
+    #[serde(default)]
+    pub linked_key_users: Vec<String>,
     /// The claim holding the user's groups.
     #[serde(default = "default_groups_claim")]
     pub groups_claim: String,

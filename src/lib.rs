@@ -5,12 +5,13 @@
 //! The identity core and the launcher know no front; `main.rs` only wires things.
 
 // Audited exceptions: launcher::process (registering owned fds with the reactor; the pre_exec
-// hook), launcher::confine (the system calls the child makes before exec), ops::memory
-// (malloc_trim).
+// hook), launcher::confine (the system calls the child makes before exec), launcher::reaper
+// (ignoring signals), ops::memory (malloc_trim).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod fsutil;
 pub mod identity;
 pub mod launcher;
 pub mod ops;

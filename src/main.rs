@@ -15,13 +15,14 @@ use hermes_ssh_gateway::identity::claims::ClaimPolicy;
 use hermes_ssh_gateway::identity::limits::{
     BanList, Bans, ByNetwork, PendingLimiter, PendingSlots,
 };
+use hermes_ssh_gateway::identity::namespace::{Namespaces, EDITABLE_CLAIMS};
 use hermes_ssh_gateway::identity::oidc::{Oidc, OidcSettings};
 use hermes_ssh_gateway::identity::redis::{
     Redis, RedisBans, RedisEnrollments, RedisPending, RedisTickets, SessionDirectory,
 };
 use hermes_ssh_gateway::identity::store::{EnrollmentStore, FileEnrollmentStore};
 use hermes_ssh_gateway::identity::tickets::{MemoryTicketStore, TicketStore};
-use hermes_ssh_gateway::identity::KeyRegistry;
+use hermes_ssh_gateway::identity::{KeyRegistry, UserId};
 use hermes_ssh_gateway::launcher::LaunchSpec;
 use hermes_ssh_gateway::ops::{admin, metrics, AuditLog, Ops, Shutdown};
 use hermes_ssh_gateway::ssh::{
@@ -164,6 +165,16 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     for p in &snap.problems {
         println!("{p}");
     }
+    if let Some(o) = config
+        .oidc
+        .as_ref()
+        .filter(|o| EDITABLE_CLAIMS.contains(&o.user_id_claim.as_str()))
+    {
+        println!(
+            "warning: [oidc] user_id_claim = {:?} is a claim users can change themselves at many identity providers; prefer \"sub\" (or a verified \"email\")",
+            o.user_id_claim
+        );
+    }
     let policy = hermes_ssh_gateway::launcher::AccountPolicy::from_config(&config.session);
     if policy.switches_users() {
         if let Err(e) =
@@ -220,6 +231,10 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    if let Some(r) = &config.recording {
+        hermes_ssh_gateway::fsutil::private_dir(&r.dir)
+            .with_context(|| format!("[recording] dir {}", r.dir.display()))?;
+    }
     let ops = Ops::new(audit);
     hermes_ssh_gateway::ops::memory::spawn_trimmer(
         ops.closes.clone(),
@@ -284,6 +299,10 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             gauge.metrics.set_cluster_sessions(n)
         });
     }
+    let namespaces = Arc::new(Namespaces::new(
+        registry.clone(),
+        linked_key_users(&config)?,
+    ));
     let (oidc, limiter, enroll_ttl, pending_timeout) = match &config.oidc {
         Some(o) => {
             let oidc = Oidc::new(OidcSettings {
@@ -353,6 +372,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
                 .with_context(|| format!("[web] listen = \"{}\": cannot bind", w.listen))?;
             tracing::info!(addr = %web_listener.local_addr()?, public_url = %w.public_url.0, "web front listening");
             let web_ctx = Arc::new(WebContext {
+                namespaces: namespaces.clone(),
                 public_url: w.public_url.0.clone(),
                 oidc: oidc.clone(),
                 tickets: tickets.clone(),
@@ -388,6 +408,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     };
     let ctx = SshContext {
         registry: registry.clone(),
+        namespaces: namespaces.clone(),
         launch: launch.clone(),
         ops: ops.clone(),
         limits: SessionLimits {
@@ -481,6 +502,22 @@ async fn signals(
             }
         }
     }
+}
+
+/// `[oidc] linked_key_users` as user ids.
+fn linked_key_users(config: &Config) -> anyhow::Result<Vec<UserId>> {
+    let Some(o) = &config.oidc else {
+        return Ok(Vec::new());
+    };
+    if EDITABLE_CLAIMS.contains(&o.user_id_claim.as_str()) {
+        tracing::warn!("[oidc] user_id_claim = {:?} is a claim users can change themselves at many identity providers: two people could end up with the same user id over time; prefer \"sub\" (or a verified \"email\")", o.user_id_claim);
+    }
+    o.linked_key_users
+        .iter()
+        .map(|u| {
+            UserId::parse(u).map_err(|e| anyhow::anyhow!("[oidc] linked_key_users: {u:?}: {e}"))
+        })
+        .collect()
 }
 
 /// Tells the operator at start, not at the first login, that the program is not installed.

@@ -467,8 +467,9 @@ fn an_unreachable_idp_keeps_key_logins_working_and_recovers_by_itself() {
     let c = PtyClient::spawn(&pty_args(&gw, &key, &[]), 120, 50);
     assert!(c.expect_screen("user_code=", T), "{}", c.screen());
     let uri = find_complete_uri(&c.screen()).unwrap();
-    idp.approve(&uri, "alice");
-    assert!(c.expect("PROGRAM-STARTED ID=alice", T), "{}", c.output());
+    // Someone other than the key-file user alice (whose id an IdP user may not take).
+    idp.approve(&uri, "bob");
+    assert!(c.expect("PROGRAM-STARTED ID=bob", T), "{}", c.output());
 }
 
 #[test]
@@ -535,4 +536,38 @@ fn clients_without_keys_still_sign_in_without_enrollment() {
         !s.gw.log().contains("key enrolled"),
         "no key, no enrollment"
     );
+}
+
+#[test]
+fn an_idp_user_cannot_take_a_key_file_users_id_unless_linked() {
+    for linked in [false, true] {
+        let extra = if linked {
+            "linked_key_users = [\"alice\"]\n"
+        } else {
+            ""
+        };
+        let s = setup(extra, &[("INTERVAL", "1")]);
+        // alice is a key-file user of this gateway…
+        let alice = Keypair::new(s.tmp.path(), "alice_key");
+        s.gw.set_keys("alice", &alice.public_line);
+        assert!(s.gw.wait_log("users=1", T).is_some());
+        // …and someone at the IdP names themselves alice.
+        let key = Keypair::new(s.tmp.path(), "impostor");
+        let (mut c, uri) = begin(&s, &key, &[]);
+        s.idp.approve(&uri, "alice");
+        if linked {
+            assert!(c.expect("PROGRAM-STARTED ID=alice", T), "{}", c.output());
+            continue;
+        }
+        assert_eq!(c.wait(T), Some(1), "{}", c.output());
+        assert!(
+            c.output()
+                .contains("belongs to a user of this gateway's key files"),
+            "{}",
+            c.output()
+        );
+        assert!(!c.output().contains("PROGRAM-STARTED"), "{}", c.output());
+        // Nothing was enrolled for the impostor's key either.
+        assert_eq!(batch_whoami(&s.gw, &key).status.code(), Some(255));
+    }
 }

@@ -133,3 +133,45 @@ fn key_file_options_narrow_what_a_key_may_do() {
     );
     assert!(text(&out.stdout).contains("alice.keys:7:"), "{out:?}");
 }
+
+#[test]
+fn private_directories_are_tightened_or_refused_at_start() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let audit_dir = tmp.path().join("audit");
+    let recordings = tmp.path().join("recordings");
+    for d in [&state, &audit_dir, &recordings] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let log = audit_dir.join("audit.log");
+    std::fs::write(&log, "").unwrap();
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let cfg = config(
+        "",
+        "[audit]\npath = \"audit/audit.log\"\n[recording]\ndir = \"recordings\"\n",
+    );
+    let gw = Gateway::start(tmp.path(), &cfg);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    // A log directory may be shared (/var/log): only the file is the gateway's.
+    assert_eq!(mode(&audit_dir), 0o777);
+    assert_eq!(mode(&log), 0o600);
+    assert_eq!(mode(&recordings), 0o700);
+    assert!(gw.log().contains("tightened the mode"), "{}", gw.log());
+    drop(gw);
+    // A state directory another account owns: its owner could read or plant enrollments.
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+    let out = run(
+        {
+            let mut c = std::process::Command::new(BIN);
+            c.arg("--config").arg(tmp.path().join("gateway.toml"));
+            c
+        },
+        T,
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("belongs to uid 65534"), "{err}");
+}

@@ -165,6 +165,11 @@ impl KeySnapshot {
         self.by_fingerprint.len()
     }
 
+    /// Whether `user` has a key file (even one whose keys were all skipped).
+    pub fn has_user(&self, user: &UserId) -> bool {
+        self.users.contains(user)
+    }
+
     /// How many users have a key file.
     pub fn user_count(&self) -> usize {
         self.users.len()

@@ -7,6 +7,7 @@ pub mod claims;
 pub mod key_options;
 pub mod keys;
 pub mod limits;
+pub mod namespace;
 pub mod oidc;
 pub mod principal;
 pub mod redis;

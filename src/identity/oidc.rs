@@ -117,6 +117,9 @@ pub enum FlowError {
     /// The user cancelled.
     #[error("sign-in cancelled")]
     Cancelled,
+    /// The user id names a key-file user the operator has not linked.
+    #[error("{0}")]
+    Clash(#[from] super::namespace::NamespaceClash),
 }
 
 /// What the user is shown to approve a sign-in.

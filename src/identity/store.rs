@@ -108,7 +108,8 @@ impl FileEnrollmentStore {
             path: path.display().to_string(),
             detail: e.to_string(),
         };
-        super::keys::create_private_dir(dir).map_err(io)?;
+        crate::fsutil::private_dir(dir).map_err(io)?;
+        crate::fsutil::private_file(&path).map_err(io)?;
         let mut map: HashMap<String, Enrollment> = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Io {
                 path: path.display().to_string(),

@@ -23,8 +23,11 @@ impl AuditLog {
     /// Opens (creating, mode 0600) `path` for appending and starts the writer thread.
     pub fn open(path: &Path) -> std::io::Result<AuditLog> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // Created private when missing; an existing one may be a shared log directory and
+            // is left as it is: the file itself is what must be private.
             crate::identity::keys::create_private_dir(dir)?;
         }
+        crate::fsutil::private_file(path)?;
         let mut file = std::fs::OpenOptions::new()
             .append(true)
             .create(true)

@@ -45,7 +45,7 @@ impl Recorder {
         rows: u16,
         term: &str,
     ) -> std::io::Result<Recorder> {
-        crate::identity::keys::create_private_dir(dir)?;
+        crate::fsutil::private_dir(dir)?;
         let now = chrono::Utc::now();
         let path = dir.join(format!(
             "{user}-{}-{session_id}.cast",

@@ -18,6 +18,7 @@ use russh::keys::ssh_key::{HashAlg, PublicKey};
 
 use crate::identity::key_options::{KeyOptions, KeyRefusal};
 use crate::identity::limits::{PendingPermit, PendingSlots};
+use crate::identity::namespace::Namespaces;
 use crate::identity::store::EnrollmentStore;
 use crate::identity::{Identity, KeyRegistry, Pending, ProvenKey};
 
@@ -65,6 +66,8 @@ pub struct Authenticator {
     principal: Option<Principal>,
     /// The accepted key's line says `no-pty` (or `restrict`).
     no_pty: bool,
+    /// Which ids identity-provider users (and so enrolled keys) may not hold.
+    namespaces: Option<Arc<Namespaces>>,
 }
 
 impl Authenticator {
@@ -85,7 +88,14 @@ impl Authenticator {
             permit: None,
             principal: None,
             no_pty: false,
+            namespaces: None,
         }
+    }
+
+    /// Enrolled keys are checked against `namespaces` as the sign-in that bound them was.
+    pub fn with_namespaces(mut self, namespaces: Arc<Namespaces>) -> Authenticator {
+        self.namespaces = Some(namespaces);
+        self
     }
 
     /// Whether the key that signed in may not have a PTY (`no-pty`, `restrict`).
@@ -127,7 +137,15 @@ impl Authenticator {
             };
         }
         match self.enrollments.lookup(fp).await {
-            Ok(Some(e)) => Ok(Some((e.identity(fp), KeyOptions::default()))),
+            Ok(Some(e)) => {
+                let id = e.identity(fp);
+                // The operator may have given a key-file user this id since the enrollment.
+                if let Some(ns) = &self.namespaces {
+                    ns.admit(&id)
+                        .map_err(|_| "enrolled for an id that now belongs to a key-file user")?;
+                }
+                Ok(Some((id, KeyOptions::default())))
+            }
             Ok(None) => Ok(None),
             Err(e) => {
                 // Fail closed: an unreadable store admits nobody by enrollment.

@@ -45,7 +45,8 @@ impl ConnectionHandler {
                 ctx.enrollments.clone(),
                 ctx.limiter.clone(),
                 remote,
-            ),
+            )
+            .with_namespaces(ctx.namespaces.clone()),
             ctx,
             user: None,
             span,

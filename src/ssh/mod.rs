@@ -39,6 +39,8 @@ pub struct SessionLimits {
 pub struct SshContext {
     /// Mapped keys.
     pub registry: Arc<KeyRegistry>,
+    /// Which ids identity-provider users may not hold.
+    pub namespaces: Arc<crate::identity::namespace::Namespaces>,
     /// What to run (swapped whole on a config reload).
     pub launch: Arc<ArcSwap<LaunchSpec>>,
     /// Audit, metrics, live sessions.

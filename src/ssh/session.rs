@@ -525,6 +525,11 @@ impl Job {
         };
         self.ctx.ops.emit(Event::DeviceFlow { started: true });
         let result = super::signin::run(io, &oidc).await;
+        // An IdP user never gets a key-file user's id by choosing a claim value.
+        let result = result.and_then(|id| {
+            self.ctx.namespaces.admit(&id)?;
+            Ok(id)
+        });
         self.ctx.ops.emit(Event::DeviceFlow { started: false });
         self.ctx.ops.emit(Event::Auth {
             user: result.as_ref().ok().map(|i| i.user_id.to_string()),

@@ -262,15 +262,20 @@ pub async fn callback(
             StatusCode::BAD_REQUEST,
         );
     }
-    match oidc
+    let exchanged = oidc
         .exchange_code(
             &code,
             &attempt.verifier,
             &ctx.redirect_uri(),
             &attempt.nonce,
         )
-        .await
-    {
+        .await;
+    // An IdP user never gets a key-file user's id by choosing a claim value.
+    let exchanged = exchanged.and_then(|id| {
+        ctx.namespaces.admit(&id)?;
+        Ok(id)
+    });
+    match exchanged {
         Ok(identity) => {
             tracing::info!(user = %identity.user_id, method = %identity.method, provider = %identity.provider, "browser signed in");
             ctx.ops.emit(crate::ops::Event::Auth {

@@ -36,6 +36,8 @@ pub struct WebContext {
     pub tickets: Arc<dyn TicketStore>,
     /// Browser sessions.
     pub sessions: Arc<SessionStore>,
+    /// Which ids identity-provider users may not hold.
+    pub namespaces: Arc<crate::identity::namespace::Namespaces>,
     /// What to run (swapped whole on a config reload).
     pub launch: Arc<arc_swap::ArcSwap<LaunchSpec>>,
     /// Audit, metrics, live sessions.
