@@ -187,6 +187,9 @@ pub struct WebConfig {
     /// Largest WebSocket message a browser may send (keystrokes, pastes, resizes).
     #[serde(default = "default_max_message_size")]
     pub max_message_size: bytesize::ByteSize,
+    /// Reverse proxies (addresses, CIDR blocks) whose `X-Forwarded-For` names the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 fn default_web_max_connections() -> usize {

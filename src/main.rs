@@ -391,6 +391,8 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
                     ipv6_prefix: config.limits.ipv6_prefix,
                 },
                 max_logins_per_address: w.max_logins_per_address,
+                trusted_proxies: w.trusted_proxies.clone(),
+                bans: bans.clone(),
                 max_message_size: usize::try_from(w.max_message_size.as_u64())
                     .unwrap_or(usize::MAX),
             });

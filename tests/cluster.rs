@@ -62,8 +62,19 @@ fn tickets_limits_and_sessions_span_nodes() {
     let on_b = on_a.replace(&a.url, &b.url);
     let browser_b = browser();
     let r = browser_b.get(&on_b).send().unwrap();
+    assert!(r.status().is_success() && r.text().unwrap().contains("Continue as carol?"));
+    let token = on_a.split("t=").nth(1).unwrap().to_owned();
+    let redeem = |b: &reqwest::blocking::Client, base: &str| {
+        b.post(format!("{base}/auth/ticket"))
+            .header("Origin", base)
+            .form(&[("t", token.as_str())])
+            .send()
+            .unwrap()
+    };
+    let r = redeem(&browser_b, &b.url);
     assert!(r.status().is_success() && r.text().unwrap().contains("carol"));
     // …and replaying it on A is refused.
+    assert_eq!(redeem(&browser(), &a.url).status().as_u16(), 403);
     assert_eq!(browser().get(&on_a).send().unwrap().status().as_u16(), 403);
 
     // 100 browsers race on one ticket across both nodes: exactly one wins.
@@ -82,7 +93,9 @@ fn tickets_limits_and_sessions_span_nodes() {
                     .redirect(reqwest::redirect::Policy::none())
                     .build()
                     .unwrap()
-                    .get(format!("{base}/auth/ticket?t={token}"))
+                    .post(format!("{base}/auth/ticket"))
+                    .header("Origin", base.as_str())
+                    .form(&[("t", token.as_str())])
                     .send()
                     .unwrap();
                 r.status().is_redirection()

@@ -225,8 +225,23 @@ fn ssh_link_logs_a_browser_in_as_the_same_user_once() {
     );
 
     let b = browser();
+    // Opening the link only asks: a link sent by someone else must not log this browser in.
     let r = b.get(&link).send().unwrap();
     assert!(r.status().is_success());
+    assert!(r.text().unwrap().contains("Continue as carol?"));
+    assert_eq!(me(&w, &b).0, 401, "not logged in by opening the link");
+    let token = link.split("t=").nth(1).unwrap().to_owned();
+    let post = |b: &reqwest::blocking::Client, origin: &str| {
+        b.post(format!("{}/auth/ticket", w.url))
+            .header("Origin", origin)
+            .form(&[("t", token.as_str())])
+            .send()
+            .unwrap()
+    };
+    // A form on another site cannot use it (login CSRF).
+    assert_eq!(post(&b, "http://evil.example").status().as_u16(), 403);
+    let r = post(&b, &w.url);
+    assert!(r.status().is_success(), "{r:?}");
     assert!(r.text().unwrap().contains("carol"));
     let (code, who) = me(&w, &b);
     assert_eq!(code, 200);
@@ -245,8 +260,8 @@ fn ssh_link_logs_a_browser_in_as_the_same_user_once() {
     assert!(read_until(&mut ws, "ID=c").contains("ID=carol"));
 
     // The link works once.
-    let r = browser().get(&link).send().unwrap();
-    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(browser().get(&link).send().unwrap().status().as_u16(), 403);
+    assert_eq!(post(&browser(), &w.url).status().as_u16(), 403);
 }
 
 #[test]
@@ -369,4 +384,152 @@ fn web_sessions_run_under_the_users_own_account() {
     let mut ws = open_ws(&w.url, &format!("ticket={t}"), &w.url).unwrap();
     let out = read_until(&mut ws, "no account is configured");
     assert!(out.contains("user bob: no account is configured"), "{out}");
+}
+
+/// A browser that goes through the IdP login as `user` but stops at the gateway's callback:
+/// the callback URL it would have opened (what an attacker sends a victim).
+fn callback_url_for(w: &Web, user: &str) -> String {
+    let b = reqwest::blocking::Client::builder()
+        .cookie_store(true)
+        .timeout(T)
+        .redirect(reqwest::redirect::Policy::custom(|a| {
+            if a.url().path() == "/auth/callback" {
+                a.stop()
+            } else {
+                a.follow()
+            }
+        }))
+        .build()
+        .unwrap();
+    let r = b.get(format!("{}/auth/login", w.url)).send().unwrap();
+    let interaction = r.url().to_string();
+    let r = b
+        .post(format!("{interaction}/login"))
+        .form(&[("login", user)])
+        .send()
+        .unwrap();
+    let location = r
+        .headers()
+        .get("location")
+        .unwrap_or_else(|| panic!("{} {}", r.status(), r.url()))
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(location.contains("/auth/callback?"), "{location}");
+    if location.starts_with("http") {
+        location
+    } else {
+        format!("{}{location}", w.url)
+    }
+}
+
+#[test]
+fn a_login_callback_only_logs_in_the_browser_that_started_it() {
+    let w = setup_with(
+        "",
+        "[audit]\npath = \"audit.log\"\n[limits]\nauth_failures_before_ban = 2\n",
+    );
+    // The attacker stops at their own callback and sends it to the victim.
+    let url = callback_url_for(&w, "bob");
+    let victim = browser();
+    let r = victim.get(&url).send().unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(r.text().unwrap().contains("started in another browser"));
+    assert_eq!(me(&w, &victim).0, 401, "the victim is not logged in as bob");
+    // Audited with the client's address, and counted toward a ban.
+    let audit = std::fs::read_to_string(w.tmp.path().join("audit.log")).unwrap();
+    assert!(
+        audit.lines().any(|l| l.contains("\"auth_failure\"")
+            && l.contains("\"web\"")
+            && l.contains("127.0.0.1")
+            && l.contains("another browser")),
+        "{audit}"
+    );
+    let url = callback_url_for(&w, "bob");
+    assert_eq!(victim.get(&url).send().unwrap().status().as_u16(), 403);
+    assert!(
+        w.gw.wait_log("address banned", T).is_some(),
+        "{}",
+        w.gw.log()
+    );
+    let r = browser()
+        .get(format!("{}/auth/login", w.url))
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        403,
+        "a banned address cannot start a login"
+    );
+}
+
+#[test]
+fn on_https_the_session_cookie_cannot_be_planted_by_a_sibling_domain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = common::idp::free_port();
+    // TLS ends at a proxy in front; the gateway only needs to know users see https.
+    let cfg = config(
+        "",
+        &format!(
+            "[web]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"https://127.0.0.1:{port}\"\n"
+        ),
+    );
+    let gw = Gateway::start(tmp.path(), &cfg);
+    let key = Keypair::new(tmp.path(), "alice_key");
+    gw.set_keys("alice", &key.public_line);
+    assert!(gw.wait_log("users=1", T).is_some());
+    let mut ssh = gw.ssh(&key);
+    ssh.args(["127.0.0.1", "link"]);
+    let link = text(&run(ssh, T).stdout)
+        .trim()
+        .replace("https://", "http://");
+    let b = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let token = link.split("t=").nth(1).unwrap().to_owned();
+    let r = b
+        .post(format!("http://127.0.0.1:{port}/auth/ticket"))
+        .header("Origin", format!("https://127.0.0.1:{port}"))
+        .form(&[("t", token.as_str())])
+        .send()
+        .unwrap();
+    let cookie = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.contains("hermes_session="))
+        .unwrap_or_else(|| panic!("{r:?}"));
+    assert!(cookie.starts_with("__Host-hermes_session="), "{cookie}");
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("Path=/;"),
+        "{cookie}"
+    );
+    assert!(!cookie.to_ascii_lowercase().contains("domain="), "{cookie}");
+}
+
+#[test]
+fn x_forwarded_for_counts_only_from_trusted_proxies() {
+    for trusted in [false, true] {
+        let extra = if trusted {
+            "trusted_proxies = [\"127.0.0.0/8\"]\n[audit]\npath = \"audit.log\"\n"
+        } else {
+            "[audit]\npath = \"audit.log\"\n"
+        };
+        let w = setup(extra);
+        let r = browser()
+            .get(format!("{}/auth/callback?code=x&state=forged", w.url))
+            .header("X-Forwarded-For", "198.51.100.7")
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+        let audit = std::fs::read_to_string(w.tmp.path().join("audit.log")).unwrap();
+        let line = audit
+            .lines()
+            .find(|l| l.contains("\"auth_failure\""))
+            .unwrap_or_else(|| panic!("{audit}"));
+        let want = if trusted { "198.51.100.7" } else { "127.0.0.1" };
+        assert!(line.contains(&format!("\"remote\":\"{want}\"")), "{line}");
+    }
 }

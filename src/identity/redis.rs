@@ -216,6 +216,30 @@ impl TicketStore for RedisTickets {
         }
         Ok(stored.identity)
     }
+
+    async fn peek(&self, token: &str, purpose: Purpose) -> Result<Identity, TicketRefusal> {
+        if token.len() != 43 {
+            return Err(TicketRefusal::Unknown);
+        }
+        let hash = token_hash(token);
+        let got: Option<String> = self
+            .0
+            .query(redis::cmd("GET").arg(key("ticket", &hash)))
+            .await
+            .map_err(|_| TicketRefusal::Unavailable)?;
+        let Some(value) = got else {
+            return Err(TicketRefusal::Unknown);
+        };
+        let stored: StoredTicket =
+            serde_json::from_str(&value).map_err(|_| TicketRefusal::Unknown)?;
+        if stored.expires_ms <= now_ms() {
+            return Err(TicketRefusal::Expired);
+        }
+        if stored.purpose != purpose.as_str() {
+            return Err(TicketRefusal::WrongPurpose);
+        }
+        Ok(stored.identity)
+    }
 }
 
 /// Enrollments in Redis: `hermes:enroll:<fingerprint>` expiring at the binding's own expiry, so

@@ -86,6 +86,8 @@ pub trait TicketStore: Send + Sync {
     ) -> Result<SecretString, TicketRefusal>;
     /// Redeems a ticket exactly once.
     async fn consume(&self, token: &str, purpose: Purpose) -> Result<Identity, TicketRefusal>;
+    /// Whom a ticket would log in, without redeeming it (to ask before using it).
+    async fn peek(&self, token: &str, purpose: Purpose) -> Result<Identity, TicketRefusal>;
 }
 
 #[derive(Debug)]
@@ -187,6 +189,23 @@ impl TicketStore for MemoryTicketStore {
             }
         });
         found.ok_or(refusal)
+    }
+
+    async fn peek(&self, token: &str, purpose: Purpose) -> Result<Identity, TicketRefusal> {
+        if token.len() != 43 {
+            return Err(TicketRefusal::Unknown);
+        }
+        match self.map.get(&token_hash(token)).as_deref() {
+            None => Err(TicketRefusal::Unknown),
+            Some(Entry::Used { .. }) => Err(TicketRefusal::Used),
+            Some(Entry::Live { expires, .. }) if *expires <= Instant::now() => {
+                Err(TicketRefusal::Expired)
+            }
+            Some(Entry::Live { purpose: p, .. }) if *p != purpose => {
+                Err(TicketRefusal::WrongPurpose)
+            }
+            Some(Entry::Live { identity, .. }) => Ok((**identity).clone()),
+        }
     }
 }
 

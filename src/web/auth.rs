@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{AppendHeaders, Html, IntoResponse, Redirect, Response};
 use axum::Json;
 use dashmap::DashMap;
 use secrecy::{ExposeSecret, SecretString};
@@ -18,8 +18,15 @@ use crate::identity::limits::address_group;
 use crate::identity::tickets::{random_token, token_hash, Purpose};
 use crate::identity::Identity;
 
-/// The session cookie's name.
-pub const COOKIE: &str = "hermes_session";
+/// The session cookie's name on plain http (tests, loopback).
+const SESSION_COOKIE: &str = "hermes_session";
+/// The session cookie's name on https: the `__Host-` prefix makes browsers refuse one set by a
+/// sibling (sub)domain or for another path, so nobody can plant a session in a user's browser.
+const SESSION_COOKIE_HOST: &str = "__Host-hermes_session";
+/// Binds a login in flight to the browser that started it (login CSRF: a callback URL sent
+/// from another browser does not log this one in).
+const LOGIN_COOKIE: &str = "hermes_login";
+const LOGIN_COOKIE_HOST: &str = "__Host-hermes_login";
 /// Logins started but not finished are forgotten after this.
 const LOGIN_TTL: Duration = Duration::from_secs(600);
 /// At most this many logins in flight (a flood of /auth/login cannot grow memory without bound).
@@ -29,6 +36,8 @@ struct LoginAttempt {
     nonce: String,
     verifier: SecretString,
     expires: Instant,
+    /// Hash of the login cookie of the browser that started it.
+    browser: String,
     /// The address group it came from (counted in `SessionStore::logins_by_group`).
     group: IpAddr,
 }
@@ -111,25 +120,55 @@ impl SessionStore {
     }
 }
 
-fn cookie_value(headers: &HeaderMap) -> Option<String> {
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_owned())
+}
+
+fn cookie_value(ctx: &WebContext, headers: &HeaderMap) -> Option<String> {
+    let name = if ctx.secure_cookies() {
+        SESSION_COOKIE_HOST
+    } else {
+        SESSION_COOKIE
+    };
+    cookie(headers, name)
 }
 
 /// The identity of the browser's session, if any.
 fn session_identity(ctx: &WebContext, headers: &HeaderMap) -> Option<Identity> {
-    ctx.sessions.get(&cookie_value(headers)?)
+    ctx.sessions.get(&cookie_value(ctx, headers)?)
 }
 
 fn set_cookie(ctx: &WebContext, value: &str, max_age: Duration) -> String {
+    let (name, secure) = if ctx.secure_cookies() {
+        (SESSION_COOKIE_HOST, "; Secure")
+    } else {
+        (SESSION_COOKIE, "")
+    };
     format!(
-        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+        "{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+        max_age.as_secs()
+    )
+}
+
+fn login_cookie_name(ctx: &WebContext) -> &'static str {
+    if ctx.secure_cookies() {
+        LOGIN_COOKIE_HOST
+    } else {
+        LOGIN_COOKIE
+    }
+}
+
+fn set_login_cookie(ctx: &WebContext, value: &str, max_age: Duration) -> String {
+    format!(
+        "{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+        login_cookie_name(ctx),
         max_age.as_secs(),
         if ctx.secure_cookies() { "; Secure" } else { "" }
     )
@@ -170,7 +209,16 @@ pub async fn index(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Re
 pub async fn login(
     State(ctx): State<Arc<WebContext>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
 ) -> Response {
+    let client = ctx.client_ip(peer, &headers);
+    if ctx.bans.is_banned(client).await {
+        return signin_page(
+            &ctx,
+            "Too many failed sign-ins from your address; try again later.",
+            StatusCode::FORBIDDEN,
+        );
+    }
     let Some(oidc) = &ctx.oidc else {
         return signin_page(
             &ctx,
@@ -188,11 +236,16 @@ pub async fn login(
     }
     match oidc.authorization_request(&ctx.redirect_uri()) {
         Ok(req) => {
+            // One value per browser (kept across its logins, so two tabs both work).
+            let binding = cookie(&headers, login_cookie_name(&ctx))
+                .filter(|v| v.len() >= 32)
+                .unwrap_or_else(|| random_token().expose_secret().to_owned());
             let attempt = LoginAttempt {
                 nonce: req.nonce,
                 verifier: req.pkce_verifier,
                 expires: Instant::now() + LOGIN_TTL,
-                group: address_group(peer.ip(), ctx.limits.ipv6_prefix),
+                browser: token_hash(&binding),
+                group: address_group(client, ctx.limits.ipv6_prefix),
             };
             // One address cannot crowd everyone else out of the gateway-wide cap above.
             if !ctx
@@ -206,7 +259,14 @@ pub async fn login(
                     StatusCode::TOO_MANY_REQUESTS,
                 );
             }
-            Redirect::to(req.url.as_str()).into_response()
+            (
+                [(
+                    header::SET_COOKIE,
+                    set_login_cookie(&ctx, &binding, LOGIN_TTL),
+                )],
+                Redirect::to(req.url.as_str()),
+            )
+                .into_response()
         }
         Err(e) => signin_page(&ctx, &e.to_string(), StatusCode::SERVICE_UNAVAILABLE),
     }
@@ -225,42 +285,101 @@ pub struct CallbackQuery {
 /// device flow (plus `nonce`), applies the same claim mapping and allow-lists, starts a session.
 pub async fn callback(
     State(ctx): State<Arc<WebContext>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Query(q): Query<CallbackQuery>,
 ) -> Response {
+    let client = ctx.client_ip(peer, &headers);
+    if ctx.bans.is_banned(client).await {
+        return signin_page(
+            &ctx,
+            "Too many failed sign-ins from your address; try again later.",
+            StatusCode::FORBIDDEN,
+        );
+    }
+    match finish_login(&ctx, client, &headers, q).await {
+        Ok(page) => page,
+        Err((page, reason)) => {
+            login_failed(&ctx, client, reason).await;
+            page
+        }
+    }
+}
+
+/// A refused browser login: its page, and the reason for the audit log.
+type LoginRefusal = (Response, String);
+
+/// A failed browser login is audited and counts toward the address's ban, like a failed SSH
+/// login.
+async fn login_failed(ctx: &WebContext, client: IpAddr, reason: String) {
+    ctx.ops.emit(crate::ops::Event::Auth {
+        user: None,
+        method: "web".into(),
+        key: None,
+        remote: client.to_string(),
+        ok: false,
+        reason,
+    });
+    if ctx.bans.failure(client).await {
+        tracing::warn!(ip = %client, "address banned after repeated failed logins");
+    }
+}
+
+async fn finish_login(
+    ctx: &Arc<WebContext>,
+    client: IpAddr,
+    headers: &HeaderMap,
+    q: CallbackQuery,
+) -> Result<Response, LoginRefusal> {
+    let refuse = |msg: &str, status: StatusCode, reason: &str| -> LoginRefusal {
+        (signin_page(ctx, msg, status), reason.to_owned())
+    };
     let Some(oidc) = &ctx.oidc else {
-        return StatusCode::NOT_FOUND.into_response();
+        return Ok(StatusCode::NOT_FOUND.into_response());
     };
     if let Some(err) = q.error {
         let detail = q.error_description.unwrap_or_default();
         tracing::info!(error = %err, detail, "browser login refused at the identity provider");
-        return signin_page(
-            &ctx,
+        return Err(refuse(
             &format!("Sign-in was refused: {err}"),
             StatusCode::FORBIDDEN,
-        );
+            &format!("refused at the identity provider: {err}"),
+        ));
     }
     let (Some(code), Some(state)) = (q.code, q.state) else {
-        return signin_page(
-            &ctx,
+        return Err(refuse(
             "Incomplete answer from the identity provider.",
             StatusCode::BAD_REQUEST,
-        );
+            "incomplete callback",
+        ));
     };
     // The state is single use: taking it out makes a replayed callback fail.
     let Some(attempt) = ctx.sessions.take_login(&state) else {
         tracing::warn!("browser login callback with an unknown or used state");
-        return signin_page(
-            &ctx,
+        return Err(refuse(
             "This sign-in link is no longer valid; sign in again.",
             StatusCode::BAD_REQUEST,
-        );
+            "unknown or used state",
+        ));
     };
+    // The callback must come back to the browser that started the login: a callback URL
+    // opened anywhere else (sent by an attacker who stopped at it) logs nobody in.
+    let same_browser =
+        cookie(headers, login_cookie_name(ctx)).is_some_and(|b| token_hash(&b) == attempt.browser);
+    if !same_browser {
+        tracing::warn!("refused: browser login callback from a browser that did not start it");
+        return Err(refuse(
+            "This sign-in was started in another browser. Sign in again from this one.",
+            StatusCode::FORBIDDEN,
+            "callback from another browser (login CSRF)",
+        ));
+    }
     if attempt.expires <= Instant::now() {
-        return signin_page(
-            &ctx,
+        return Err(refuse(
             "The sign-in took too long; sign in again.",
             StatusCode::BAD_REQUEST,
-        );
+            "login expired",
+        ));
     }
     let exchanged = oidc
         .exchange_code(
@@ -282,26 +401,37 @@ pub async fn callback(
                 user: Some(identity.user_id.to_string()),
                 method: "web".into(),
                 key: None,
-                remote: String::new(),
+                remote: client.to_string(),
                 ok: true,
                 reason: String::new(),
             });
+            ctx.bans.success(client).await;
             let token = ctx.sessions.create(identity, ctx.session_ttl);
-            (
-                [(
-                    header::SET_COOKIE,
-                    set_cookie(&ctx, token.expose_secret(), ctx.session_ttl),
-                )],
+            Ok((
+                AppendHeaders([
+                    (
+                        header::SET_COOKIE,
+                        set_cookie(ctx, token.expose_secret(), ctx.session_ttl),
+                    ),
+                    (
+                        header::SET_COOKIE,
+                        set_login_cookie(ctx, "", Duration::ZERO),
+                    ),
+                ]),
                 Redirect::to("/"),
             )
-                .into_response()
+                .into_response())
         }
         Err(e) => {
             if let crate::identity::oidc::FlowError::InvalidToken(detail) = &e {
                 tracing::warn!(detail, "ID token refused (browser login)");
             }
             tracing::info!(reason = %e, "browser login failed");
-            signin_page(&ctx, &e.to_string(), StatusCode::FORBIDDEN)
+            Err(refuse(
+                &e.to_string(),
+                StatusCode::FORBIDDEN,
+                &e.to_string(),
+            ))
         }
     }
 }
@@ -312,7 +442,7 @@ pub async fn logout(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> R
         tracing::warn!("refused: logout from a foreign origin");
         return StatusCode::FORBIDDEN.into_response();
     }
-    if let Some(c) = cookie_value(&headers) {
+    if let Some(c) = cookie_value(&ctx, &headers) {
         ctx.sessions.remove(&c);
     }
     (
@@ -374,17 +504,62 @@ pub async fn ws_ticket(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -
     }
 }
 
-/// `?t=…`
+/// `?t=…` (a query on GET, a form field on POST).
 #[derive(Deserialize)]
 pub struct TicketQuery {
     t: Option<String>,
 }
 
-/// `GET /auth/ticket?t=…`: the SSH → browser hand-off (`ssh host link`).
-pub async fn ticket_login(
+/// `GET /auth/ticket?t=…`: the SSH → browser hand-off (`ssh host link`). A link can be sent to
+/// anyone, so opening it logs nobody in: the page names the account and asks first.
+pub async fn ticket_confirm(
     State(ctx): State<Arc<WebContext>>,
     Query(q): Query<TicketQuery>,
 ) -> Response {
+    let token = q.t.unwrap_or_default();
+    match ctx.tickets.peek(&token, Purpose::WebLogin).await {
+        Ok(identity) => {
+            let page = format!(
+                "<!doctype html><html><head><meta charset=\"utf-8\"><title>Hermes</title></head><body>\
+<h1>Continue as {user}?</h1>\
+<p>This link signs this browser in as <b>{user}</b>, the account that ran <code>link</code> over SSH. \
+Continue only if you ran it yourself.</p>\
+<form method=\"post\" action=\"/auth/ticket\"><input type=\"hidden\" name=\"t\" value=\"{t}\">\
+<button id=\"continue\" type=\"submit\">Continue as {user}</button></form></body></html>",
+                user = escape(identity.user_id.as_str()),
+                t = escape(&token),
+            );
+            (
+                [
+                    (header::CACHE_CONTROL, "no-store"),
+                    (header::REFERRER_POLICY, "no-referrer"),
+                ],
+                Html(page),
+            )
+                .into_response()
+        }
+        Err(reason) => {
+            tracing::warn!(%reason, "refused: web-login ticket");
+            signin_page(
+                &ctx,
+                "This link is invalid or has expired. Run `link` again.",
+                StatusCode::FORBIDDEN,
+            )
+        }
+    }
+}
+
+/// `POST /auth/ticket` (form `t`), from the confirmation page only (same origin): redeems the
+/// ticket and logs the browser in.
+pub async fn ticket_login(
+    State(ctx): State<Arc<WebContext>>,
+    headers: HeaderMap,
+    axum::Form(q): axum::Form<TicketQuery>,
+) -> Response {
+    if !ctx.same_origin(&headers) {
+        tracing::warn!("refused: web-login ticket posted from a foreign origin");
+        return StatusCode::FORBIDDEN.into_response();
+    }
     let token = q.t.unwrap_or_default();
     let consumed = ctx.tickets.consume(&token, Purpose::WebLogin).await;
     ctx.ops.emit(crate::ops::Event::Ticket {

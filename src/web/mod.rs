@@ -56,6 +56,11 @@ pub struct WebContext {
     pub max_logins_per_address: usize,
     /// Largest WebSocket message (and frame) a browser may send.
     pub max_message_size: usize,
+    /// Proxies whose `X-Forwarded-For` names the client (addresses and CIDR blocks, as in
+    /// `from=` patterns); from anyone else the header is ignored.
+    pub trusted_proxies: Vec<String>,
+    /// Failed logins and bans, shared with the SSH front.
+    pub bans: Arc<dyn crate::identity::limits::Bans>,
 }
 
 impl WebContext {
@@ -65,6 +70,30 @@ impl WebContext {
 
     fn redirect_uri(&self) -> String {
         format!("{}/auth/callback", self.public_url)
+    }
+
+    /// The client's address: the socket's peer, or the last `X-Forwarded-For` hop when the peer
+    /// is a trusted proxy (a client can write that header itself, so it counts only from one).
+    fn client_ip(&self, peer: std::net::SocketAddr, headers: &HeaderMap) -> std::net::IpAddr {
+        let trusted = !self.trusted_proxies.is_empty()
+            && crate::identity::key_options::address_matches(
+                peer.ip(),
+                &self.trusted_proxies.join(","),
+            );
+        let forwarded = || {
+            headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .next_back()
+                .and_then(|ip| ip.trim().parse().ok())
+        };
+        if trusted {
+            forwarded().unwrap_or(peer.ip())
+        } else {
+            peer.ip()
+        }
     }
 
     /// Whether a request's `Origin` is this gateway's own (CSRF and cross-site WebSocket guard).
@@ -85,7 +114,10 @@ pub fn router(ctx: Arc<WebContext>) -> Router {
         .route("/auth/login", get(auth::login))
         .route("/auth/callback", get(auth::callback))
         .route("/auth/logout", post(auth::logout))
-        .route("/auth/ticket", get(auth::ticket_login))
+        .route(
+            "/auth/ticket",
+            get(auth::ticket_confirm).post(auth::ticket_login),
+        )
         .route("/api/auth/me", get(auth::me))
         .route("/api/auth/ws-ticket", post(auth::ws_ticket))
         .route("/api/pty", get(pty::pty))

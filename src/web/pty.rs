@@ -38,6 +38,7 @@ struct Control {
 /// The WebSocket endpoint.
 pub async fn pty(
     State(ctx): State<Arc<WebContext>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<PtyQuery>,
     ws: WebSocketUpgrade,
@@ -64,11 +65,7 @@ pub async fn pty(
     };
     let size = TermSize::clamped(q.cols.unwrap_or(80), q.rows.unwrap_or(24), 0, 0);
     let launch = ctx.launch.load_full();
-    let remote = headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let remote = ctx.client_ip(peer, &headers).to_string();
     let guard = match ctx
         .ops
         .sessions
