@@ -68,6 +68,18 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
     },
+    /// The keys enrolled by device sign-ins, as JSON; `revoke SHA256:…` removes one. Talks to
+    /// the running gateway over the admin socket.
+    Enrollments {
+        /// Only this user's keys.
+        #[arg(long)]
+        user: Option<String>,
+        /// The admin socket (default: `[admin] socket` of the config file).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// `revoke SHA256:…`
+        action: Vec<String>,
+    },
     /// Internal: the watcher that ends the programs of a gateway that died (started by the
     /// gateway itself; reads its pipe).
     #[command(hide = true)]
@@ -87,6 +99,43 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
+        Some(Command::Enrollments {
+            user,
+            socket,
+            action,
+        }) => {
+            let request = match (action.as_slice(), &user) {
+                ([], None) => "enrollments".to_owned(),
+                ([], Some(u)) => format!("enrollments {u}"),
+                ([verb, fp], _) if verb == "revoke" => format!("revoke {fp}"),
+                _ => {
+                    eprintln!(
+                        "usage: hermes-ssh-gateway enrollments [--user USER] [revoke SHA256:…]"
+                    );
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            let socket = match socket
+                .map(Ok)
+                .unwrap_or_else(|| Config::load(&cli.config).map(|c| c.admin.socket))
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e} (or name the socket with --socket)");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            match hermes_ssh_gateway::ops::admin::request_blocking(&socket, &request) {
+                Ok(answer) => {
+                    println!("{answer}");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: admin socket {}: {e}", socket.display());
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         Some(Command::Sessions { json, socket }) => {
             let socket = match socket {
                 Some(s) => s,
@@ -202,6 +251,11 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         "host key"
     );
 
+    // Programs of the gateway's own account can then neither ptrace it nor read its /proc
+    // files (environment, memory, open files): only root with CAP_SYS_PTRACE can.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "cannot make the gateway non-dumpable");
+    }
     // Before any program can start: whatever ends this process, its programs end too.
     if let Err(e) = hermes_ssh_gateway::launcher::reaper::start() {
         tracing::error!(error = %e, "cannot start the reaper: programs would outlive a crash of the gateway");
@@ -260,13 +314,6 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             background.clone(),
         )));
     }
-    let admin_listener = admin::bind(&config.admin.socket)
-        .with_context(|| format!("[admin] socket {}", config.admin.socket.display()))?;
-    tokio::spawn(admin::serve(
-        admin_listener,
-        ops.sessions.clone(),
-        background.clone(),
-    ));
 
     let settings = SshSettings {
         inactivity_timeout: config.ssh.inactivity_timeout,
@@ -284,6 +331,17 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
                 .with_context(|| format!("[state] dir {}", config.state.dir.display()))?,
         ),
     };
+    let admin_listener = admin::bind(&config.admin.socket)
+        .with_context(|| format!("[admin] socket {}", config.admin.socket.display()))?;
+    tokio::spawn(admin::serve(
+        admin_listener,
+        admin::AdminState {
+            sessions: ops.sessions.clone(),
+            enrollments: enrollments.clone(),
+            ops: ops.clone(),
+        },
+        background.clone(),
+    ));
     if let Some(r) = &redis {
         let node = config.state.node_id.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

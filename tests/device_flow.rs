@@ -571,3 +571,66 @@ fn an_idp_user_cannot_take_a_key_file_users_id_unless_linked() {
         assert_eq!(batch_whoami(&s.gw, &key).status.code(), Some(255));
     }
 }
+
+#[test]
+fn users_and_the_operator_see_and_revoke_enrolled_keys() {
+    let s = setup("", &[("INTERVAL", "1")]);
+    let key = Keypair::new(s.tmp.path(), "laptop");
+    let (mut c, uri) = begin(&s, &key, &[]);
+    // The sign-in screen says which key it will remember, and until when.
+    let remembered = format!("Remembers key {}", key.fingerprint());
+    assert!(c.expect_screen(&remembered, T), "{}", c.screen());
+    s.idp.approve(&uri, "bob");
+    assert!(c.expect("PROGRAM-STARTED ID=bob", T), "{}", c.output());
+    assert_eq!(c.wait(T), Some(0));
+    let fp = key.fingerprint();
+    let keys = |k: &Keypair, args: &[&str]| {
+        let mut ssh = s.gw.ssh(k);
+        ssh.args(["127.0.0.1", "keys"]).args(args);
+        run(ssh, T)
+    };
+    // bob sees his key, marked as the one in use.
+    let out = keys(&key, &[]);
+    let listed = text(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        listed.contains(&fp) && listed.contains("(this key)"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("expires") && listed.contains("last used"),
+        "{listed}"
+    );
+    // The operator sees it too, through the admin socket.
+    let sock = s.tmp.path().join("state/admin.sock");
+    let mut admin = Command::new(BIN);
+    admin
+        .args(["enrollments", "--user", "bob", "--socket"])
+        .arg(&sock);
+    let out = run(admin, T);
+    let list: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{out:?}"));
+    assert_eq!(list[0]["fingerprint"], fp.as_str());
+    assert_eq!(list[0]["user_id"], "bob");
+    // Nobody revokes a key that is not theirs (a second enrolled user, carol, tries).
+    let other = Keypair::new(s.tmp.path(), "other");
+    let (mut c2, uri2) = begin(&s, &other, &[]);
+    s.idp.approve(&uri2, "carol");
+    assert!(c2.expect("PROGRAM-STARTED ID=carol", T), "{}", c2.output());
+    assert_eq!(c2.wait(T), Some(0));
+    let out = keys(&other, &["revoke", &fp]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(batch_whoami(&s.gw, &key).status.success(), "still bob's");
+    // bob revokes it: the key signs in no more.
+    let out = keys(&key, &["revoke", &fp]);
+    assert!(text(&out.stdout).contains("Revoked"), "{out:?}");
+    assert_eq!(batch_whoami(&s.gw, &key).status.code(), Some(255));
+    // The operator revokes carol's.
+    let mut admin = Command::new(BIN);
+    admin
+        .args(["enrollments", "--socket"])
+        .arg(&sock)
+        .args(["revoke", &other.fingerprint()]);
+    assert!(text(&run(admin, T).stdout).contains("\"revoked\":true"));
+    assert_eq!(batch_whoami(&s.gw, &other).status.code(), Some(255));
+}

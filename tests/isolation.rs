@@ -175,3 +175,36 @@ fn private_directories_are_tightened_or_refused_at_start() {
     let err = text(&out.stderr);
     assert!(err.contains("belongs to uid 65534"), "{err}");
 }
+
+#[test]
+fn a_program_can_neither_use_the_admin_socket_nor_read_the_gateway() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("state/admin.sock");
+    // As a signed-in user's program would: same account as the gateway (root here).
+    let session = format!(
+        "[session]\ncommand = [\"/bin/sh\", \"-c\", \"{BIN} sessions --json --socket {s} >/dev/null 2>&1; echo ADMIN=$?; cat /proc/$PPID/environ >/dev/null 2>&1; echo ENVIRON=$?\"]\n",
+        s = sock.display()
+    );
+    let gw = Gateway::start(tmp.path(), &config("", &session));
+    let key = Keypair::new(tmp.path(), "alice_key");
+    gw.set_keys("alice", &key.public_line);
+    assert!(gw.wait_log("users=1", T).is_some());
+    let out = text(&try_login(&gw, &key, &["-T", "127.0.0.1"]).stdout);
+    assert_ne!(
+        field(&out, "ADMIN"),
+        "0",
+        "a program listed the sessions: {out}"
+    );
+    assert_ne!(
+        field(&out, "ENVIRON"),
+        "0",
+        "a program read the gateway's environment: {out}"
+    );
+    assert!(gw
+        .log()
+        .contains("refused: admin socket connection from a session's program"));
+    // The operator, from outside, still can.
+    let mut c = std::process::Command::new(BIN);
+    c.args(["sessions", "--json", "--socket"]).arg(&sock);
+    assert!(run(c, T).status.success());
+}

@@ -93,9 +93,29 @@ async fn enrollment_suite(store: Arc<dyn EnrollmentStore>) {
         None,
         "expired bindings are void"
     );
+    // Listed per user; a login is recorded without rewriting the binding.
+    let listed = store.list(Some(&alice().user_id)).await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].0, "SHA256:k1");
+    assert!(store
+        .list(Some(&UserId::parse("bob").unwrap()))
+        .await
+        .unwrap()
+        .is_empty());
+    store.touch("SHA256:k1").await.unwrap();
+    assert!(store
+        .lookup("SHA256:k1")
+        .await
+        .unwrap()
+        .unwrap()
+        .last_used
+        .is_some());
     assert!(store.remove("SHA256:k1").await.unwrap());
     assert!(!store.remove("SHA256:k1").await.unwrap());
+    // A login racing a revocation does not bring the binding back.
+    store.touch("SHA256:k1").await.unwrap();
     assert_eq!(store.lookup("SHA256:k1").await.unwrap(), None);
+    assert!(store.list(None).await.unwrap().is_empty());
 }
 
 async fn ban_suite(bans: Arc<dyn Bans>) {

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::store::{unix_now, Enrollment, EnrollmentStore, StoreError};
 use super::tickets::{random_token, token_hash, Purpose, TicketRefusal, TicketStore};
-use super::Identity;
+use super::{Identity, UserId};
 
 /// How long one Redis operation may take before it counts as unreachable.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -208,13 +208,7 @@ impl TicketStore for RedisTickets {
                     .arg(left + TICKET_GRACE_MS),
             )
             .await;
-        if stored.expires_ms <= now_ms() {
-            return Err(TicketRefusal::Expired);
-        }
-        if stored.purpose != purpose.as_str() {
-            return Err(TicketRefusal::WrongPurpose);
-        }
-        Ok(stored.identity)
+        redeemable(&value, purpose)
     }
 
     async fn peek(&self, token: &str, purpose: Purpose) -> Result<Identity, TicketRefusal> {
@@ -230,16 +224,20 @@ impl TicketStore for RedisTickets {
         let Some(value) = got else {
             return Err(TicketRefusal::Unknown);
         };
-        let stored: StoredTicket =
-            serde_json::from_str(&value).map_err(|_| TicketRefusal::Unknown)?;
-        if stored.expires_ms <= now_ms() {
-            return Err(TicketRefusal::Expired);
-        }
-        if stored.purpose != purpose.as_str() {
-            return Err(TicketRefusal::WrongPurpose);
-        }
-        Ok(stored.identity)
+        redeemable(&value, purpose)
     }
+}
+
+/// The identity of a stored ticket, when it is live and for `purpose`.
+fn redeemable(value: &str, purpose: Purpose) -> Result<Identity, TicketRefusal> {
+    let stored: StoredTicket = serde_json::from_str(value).map_err(|_| TicketRefusal::Unknown)?;
+    if stored.expires_ms <= now_ms() {
+        return Err(TicketRefusal::Expired);
+    }
+    if stored.purpose != purpose.as_str() {
+        return Err(TicketRefusal::WrongPurpose);
+    }
+    Ok(stored.identity)
 }
 
 /// Enrollments in Redis: `hermes:enroll:<fingerprint>` expiring at the binding's own expiry, so
@@ -262,12 +260,37 @@ impl EnrollmentStore for RedisEnrollments {
     }
 
     async fn lookup(&self, fingerprint: &str) -> Result<Option<Enrollment>, StoreError> {
-        let v: Option<String> = self
+        let (v, used): (Option<String>, Option<u64>) = self
             .0
-            .query(redis::cmd("GET").arg(key("enroll", fingerprint)))
+            .query(
+                redis::cmd("MGET")
+                    .arg(key("enroll", fingerprint))
+                    .arg(key("enroll-used", fingerprint)),
+            )
             .await?;
         Ok(v.and_then(|s| serde_json::from_str::<Enrollment>(&s).ok())
-            .filter(Enrollment::is_live))
+            .filter(Enrollment::is_live)
+            .map(|mut e| {
+                e.last_used = used.or(e.last_used);
+                e
+            }))
+    }
+
+    async fn touch(&self, fingerprint: &str) -> Result<(), StoreError> {
+        // A key of its own (no authority in it): the binding itself is never rewritten, so a
+        // revocation racing this cannot be undone.
+        if let Some(e) = self.lookup(fingerprint).await? {
+            self.0
+                .query::<()>(
+                    redis::cmd("SET")
+                        .arg(key("enroll-used", fingerprint))
+                        .arg(unix_now())
+                        .arg("EXAT")
+                        .arg(e.expires_at.max(unix_now() + 1)),
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     async fn remove(&self, fingerprint: &str) -> Result<bool, StoreError> {
@@ -276,6 +299,40 @@ impl EnrollmentStore for RedisEnrollments {
             .query(redis::cmd("DEL").arg(key("enroll", fingerprint)))
             .await?;
         Ok(n > 0)
+    }
+
+    async fn list(&self, user: Option<&UserId>) -> Result<Vec<(String, Enrollment)>, StoreError> {
+        // A scan: listing is for a user's own `keys` command and the operator, not a hot path.
+        let prefix = key("enroll", "");
+        let mut cursor: u64 = 0;
+        let mut out = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .0
+                .query(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(format!("{prefix}*"))
+                        .arg("COUNT")
+                        .arg(500),
+                )
+                .await?;
+            for k in keys {
+                let fp = k.trim_start_matches(&prefix).to_owned();
+                if let Some(e) = self.lookup(&fp).await? {
+                    if user.is_none_or(|u| *u == e.user_id) {
+                        out.push((fp, e));
+                    }
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        out.sort_by_key(|(fp, e)| (e.enrolled_at, fp.clone()));
+        Ok(out)
     }
 }
 

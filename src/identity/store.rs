@@ -40,6 +40,9 @@ pub struct Enrollment {
     pub enrolled_at: u64,
     /// Unix seconds after which the binding is void.
     pub expires_at: u64,
+    /// Unix seconds of the last login with the key (updated at most once a minute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<u64>,
 }
 
 impl Enrollment {
@@ -52,7 +55,14 @@ impl Enrollment {
             email: identity.email.clone(),
             enrolled_at: now,
             expires_at: now.saturating_add(ttl.as_secs()),
+            last_used: None,
         }
+    }
+
+    /// Whether a login now should be recorded (the last one is over a minute old).
+    pub fn needs_touch(&self) -> bool {
+        self.last_used
+            .is_none_or(|t| unix_now().saturating_sub(t) >= 60)
     }
 
     /// Whether it is still valid.
@@ -91,6 +101,11 @@ pub trait EnrollmentStore: Send + Sync {
     async fn lookup(&self, fingerprint: &str) -> Result<Option<Enrollment>, StoreError>;
     /// Removes a binding; true when there was one.
     async fn remove(&self, fingerprint: &str) -> Result<bool, StoreError>;
+    /// Records a login with a bound key now; a key no longer bound stays unbound (a revocation
+    /// racing a login must not be undone).
+    async fn touch(&self, fingerprint: &str) -> Result<(), StoreError>;
+    /// The live bindings, of `user` only when given, as (fingerprint, binding), oldest first.
+    async fn list(&self, user: Option<&UserId>) -> Result<Vec<(String, Enrollment)>, StoreError>;
 }
 
 /// The embedded store: memory plus a JSON file.
@@ -189,6 +204,29 @@ impl EnrollmentStore for FileEnrollmentStore {
             let had = m.remove(fingerprint).is_some();
             (had, had)
         })
+    }
+
+    async fn touch(&self, fingerprint: &str) -> Result<(), StoreError> {
+        self.with_map(|m| match m.get_mut(fingerprint) {
+            Some(e) => {
+                e.last_used = Some(unix_now());
+                ((), true)
+            }
+            None => ((), false),
+        })
+    }
+
+    async fn list(&self, user: Option<&UserId>) -> Result<Vec<(String, Enrollment)>, StoreError> {
+        let mut out: Vec<(String, Enrollment)> = self.with_map(|m| {
+            let live = m
+                .iter()
+                .filter(|(_, e)| e.is_live() && user.is_none_or(|u| *u == e.user_id))
+                .map(|(fp, e)| (fp.clone(), e.clone()))
+                .collect();
+            (live, false)
+        })?;
+        out.sort_by_key(|(fp, e)| (e.enrolled_at, fp.clone()));
+        Ok(out)
     }
 }
 

@@ -29,13 +29,21 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// What the admin socket acts on.
+#[derive(Clone)]
+pub struct AdminState {
+    /// Live sessions (list, end).
+    pub sessions: Arc<SessionRegistry>,
+    /// Enrolled keys (list, revoke).
+    pub enrollments: Arc<dyn crate::identity::store::EnrollmentStore>,
+    /// For the audit record of a revocation.
+    pub ops: Arc<super::Ops>,
+}
+
 /// Serves until `shutdown`. Peers that are neither this account nor root are refused (the file
-/// mode already keeps them out; this holds even if the mode was loosened by hand).
-pub async fn serve(
-    listener: UnixListener,
-    sessions: Arc<SessionRegistry>,
-    shutdown: CancellationToken,
-) {
+/// mode already keeps them out; this holds even if the mode was loosened by hand), and so are
+/// the sessions' own programs, whatever their account.
+pub async fn serve(listener: UnixListener, state: AdminState, shutdown: CancellationToken) {
     let me = nix::unistd::getuid().as_raw();
     loop {
         let stream = tokio::select! {
@@ -49,41 +57,134 @@ pub async fn serve(
                 }
             },
         };
-        let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
+        let cred = stream.peer_cred().ok();
+        let uid = cred.map(|c| c.uid()).unwrap_or(u32::MAX);
         if uid != me && uid != 0 {
             tracing::warn!(uid, "refused: admin socket connection from another user");
             continue;
         }
-        let sessions = sessions.clone();
-        tokio::spawn(handle(stream, sessions));
+        // A session's program runs as this account (or root) too: whatever descends from this
+        // gateway, or sits in one of its session cgroups, is a user's program, not the operator.
+        let pid = cred.and_then(|c| c.pid()).unwrap_or(0);
+        if pid <= 0 || started_by_this_gateway(pid) {
+            tracing::warn!(
+                pid,
+                "refused: admin socket connection from a session's program"
+            );
+            continue;
+        }
+        tokio::spawn(handle(stream, state.clone()));
     }
 }
 
-async fn handle(stream: UnixStream, sessions: Arc<SessionRegistry>) {
+/// Whether `pid` is a process this gateway started (its child or a descendant of one), or lives
+/// in one of its session cgroups (which also holds daemons that left the ancestry).
+fn started_by_this_gateway(pid: i32) -> bool {
+    let me = std::process::id() as i32;
+    let session_cgroup = format!("/session-{me}-");
+    if std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .is_ok_and(|c| c.contains(&session_cgroup))
+    {
+        return true;
+    }
+    let mut p = pid;
+    // Bounded: process trees are shallow, and a vanished process ends the walk.
+    for _ in 0..256 {
+        if p == me {
+            return true;
+        }
+        if p <= 1 {
+            return false;
+        }
+        let Some(parent) = parent_of(p) else {
+            return false;
+        };
+        p = parent;
+    }
+    false
+}
+
+/// The parent pid from `/proc/<pid>/stat` (the field after the `)` closing the command name).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn handle(stream: UnixStream, state: AdminState) {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        let mut words = line.split_whitespace();
-        let answer = match (words.next(), words.next()) {
-            (Some("list"), None) => {
-                serde_json::to_string(&sessions.list_all().await).unwrap_or_default()
-            }
-            (Some("end"), Some(id)) => match id.parse::<u64>() {
-                Ok(id) => {
-                    let ended = sessions.end(id);
-                    if ended {
-                        tracing::info!(session_id = id, "session ended by the operator");
-                    }
-                    serde_json::json!({"ended": ended}).to_string()
-                }
-                Err(_) => serde_json::json!({"error": "bad id"}).to_string(),
-            },
-            _ => serde_json::json!({"error": "unknown command; use: list | end <id>"}).to_string(),
-        };
+        let answer = answer(&state, &line).await;
         if w.write_all(format!("{answer}\n").as_bytes()).await.is_err() {
             return;
         }
     }
+}
+
+async fn answer(state: &AdminState, line: &str) -> String {
+    use serde_json::json;
+    let mut words = line.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some("list"), None) => {
+            serde_json::to_string(&state.sessions.list_all().await).unwrap_or_default()
+        }
+        (Some("end"), Some(id)) => match id.parse::<u64>() {
+            Ok(id) => {
+                let ended = state.sessions.end(id);
+                if ended {
+                    tracing::info!(session_id = id, "session ended by the operator");
+                }
+                json!({"ended": ended}).to_string()
+            }
+            Err(_) => json!({"error": "bad id"}).to_string(),
+        },
+        (Some("enrollments"), user) => {
+            let user = match user.map(crate::identity::UserId::parse).transpose() {
+                Ok(u) => u,
+                Err(e) => return json!({"error": format!("bad user id: {e}")}).to_string(),
+            };
+            match state.enrollments.list(user.as_ref()).await {
+                Ok(list) => serde_json::Value::Array(
+                    list.into_iter()
+                        .map(|(fp, e)| {
+                            json!({"fingerprint": fp, "user_id": e.user_id, "provider": e.provider,
+                                   "enrolled_at": e.enrolled_at, "expires_at": e.expires_at,
+                                   "last_used": e.last_used})
+                        })
+                        .collect(),
+                )
+                .to_string(),
+                Err(e) => json!({"error": e.to_string()}).to_string(),
+            }
+        }
+        (Some("revoke"), Some(fp)) => match state.enrollments.lookup(fp).await {
+            Ok(Some(e)) => match state.enrollments.remove(fp).await {
+                Ok(revoked) => {
+                    tracing::info!(user = %e.user_id, key = fp, "enrolled key revoked by the operator");
+                    state.ops.emit(super::Event::Revoked {
+                        user: e.user_id.to_string(),
+                        key: fp.to_owned(),
+                        by: "operator",
+                    });
+                    json!({"revoked": revoked}).to_string()
+                }
+                Err(e) => json!({"error": e.to_string()}).to_string(),
+            },
+            Ok(None) => json!({"revoked": false}).to_string(),
+            Err(e) => json!({"error": e.to_string()}).to_string(),
+        },
+        _ => json!({"error": "unknown command; use: list | end <id> | enrollments [user] | revoke <fingerprint>"})
+            .to_string(),
+    }
+}
+
+/// [`request`] for a program without a runtime (the CLI).
+pub fn request_blocking(path: &Path, line: &str) -> std::io::Result<String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(request(path, line))
 }
 
 /// Client side: sends one request line and returns the answer line.

@@ -207,7 +207,7 @@ impl Metrics {
                     self.device_flows.dec();
                 }
             }
-            Event::Enrolled { .. } | Event::Logout { .. } => {}
+            Event::Enrolled { .. } | Event::Logout { .. } | Event::Revoked { .. } => {}
         }
     }
 

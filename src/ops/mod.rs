@@ -109,6 +109,15 @@ pub enum Event {
         /// Key.
         key: String,
     },
+    /// An enrolled key was revoked by its user (`keys revoke`) or the operator.
+    Revoked {
+        /// User.
+        user: String,
+        /// Key.
+        key: String,
+        /// `user` or `operator`.
+        by: &'static str,
+    },
     /// A ticket was minted or consumed.
     Ticket {
         /// `mint` or `consume`.
@@ -182,6 +191,9 @@ impl Event {
             }
             Event::Logout { user, key } => {
                 json!({"event": "logout", "user_id": user, "key_fingerprint": key})
+            }
+            Event::Revoked { user, key, by } => {
+                json!({"event": "revoked", "user_id": user, "key_fingerprint": key, "by": by})
             }
         })
     }

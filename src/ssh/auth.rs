@@ -139,6 +139,11 @@ impl Authenticator {
         match self.enrollments.lookup(fp).await {
             Ok(Some(e)) => {
                 let id = e.identity(fp);
+                if e.needs_touch() {
+                    // `keys` shows when a key was last used; off the login's path.
+                    let (store, fp) = (self.enrollments.clone(), fp.to_owned());
+                    tokio::spawn(async move { store.touch(&fp).await });
+                }
                 // The operator may have given a key-file user this id since the enrollment.
                 if let Some(ns) = &self.namespaces {
                     ns.admit(&id)

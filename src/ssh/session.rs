@@ -344,6 +344,10 @@ enum Start {
 pub enum Work {
     /// Print the identity as JSON.
     Whoami,
+    /// List the user's enrolled keys.
+    Keys,
+    /// Remove one of the user's enrolled keys.
+    Revoke(String),
     /// Remove the enrollment of the key this connection used.
     Logout,
     /// Print a one-use link that logs a browser in as this user.
@@ -360,12 +364,14 @@ pub fn classify_exec(command: &str, policy: ExecPolicy) -> Work {
     match words.first().map(String::as_str) {
         Some("whoami") if words.len() == 1 => Work::Whoami,
         Some("logout") if words.len() == 1 => Work::Logout,
+        Some("keys") if words.len() == 1 => Work::Keys,
+        Some("keys") if words.len() == 3 && words[1] == "revoke" => Work::Revoke(words[2].clone()),
         Some("link") if words.len() == 1 => Work::Link,
         None => Work::Program(Vec::new()),
         Some(_) => match policy {
             ExecPolicy::Args => Work::Program(words),
             ExecPolicy::Refuse => Work::Refuse(format!(
-                "hermes-ssh-gateway: command {:?} is not available here; built-ins: whoami, link, logout (or connect without a command)",
+                "hermes-ssh-gateway: command {:?} is not available here; built-ins: whoami, link, logout, keys, keys revoke SHA256:… (or connect without a command)",
                 command.trim()
             )),
         },
@@ -427,6 +433,8 @@ impl Job {
                 finish(&self.writer, 0).await;
             }
             Work::Logout => self.logout(&identity).await,
+            Work::Keys => self.keys(&identity).await,
+            Work::Revoke(fp) => self.revoke(&identity, &fp).await,
             Work::Link => self.link(&identity).await,
             Work::Refuse(msg) => {
                 tracing::info!(user = %identity.user_id, "refused exec: {msg}");
@@ -466,6 +474,75 @@ impl Job {
                 .await
             }
             _ => self.refuse("hermes-ssh-gateway: this connection used no linked key; nothing to sign out").await,
+        }
+    }
+
+    /// `keys`: the user's enrolled keys, one line each.
+    async fn keys(&self, identity: &Identity) {
+        let list = match self.ctx.enrollments.list(Some(&identity.user_id)).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "listing enrollments failed");
+                return self
+                    .refuse("hermes-ssh-gateway: the gateway's state store is unavailable")
+                    .await;
+            }
+        };
+        let mut out = String::new();
+        if list.is_empty() {
+            out.push_str(&format!("No keys are enrolled for {}.\n", identity.user_id));
+        }
+        let day = |t: u64| {
+            chrono::DateTime::from_timestamp(t as i64, 0)
+                .map(|d| d.format("%Y-%m-%d %H:%M UTC").to_string())
+                .unwrap_or_default()
+        };
+        for (fp, e) in list {
+            let this = identity.key_fingerprint.as_deref() == Some(fp.as_str());
+            out.push_str(&format!(
+                "{fp}  added {}  expires {}  last used {}{}\n",
+                day(e.enrolled_at),
+                day(e.expires_at),
+                e.last_used.map(day).unwrap_or_else(|| "never".into()),
+                if this { "  (this key)" } else { "" }
+            ));
+        }
+        self.print(out).await;
+        finish(&self.writer, 0).await;
+    }
+
+    /// `keys revoke FP`: removes one of this user's enrolled keys.
+    async fn revoke(&self, identity: &Identity, fp: &str) {
+        let store = &self.ctx.enrollments;
+        let theirs = matches!(store.lookup(fp).await, Ok(Some(e)) if e.user_id == identity.user_id);
+        if !theirs {
+            return self
+                .refuse(&format!(
+                    "hermes-ssh-gateway: no enrolled key {fp} of {}",
+                    identity.user_id
+                ))
+                .await;
+        }
+        match store.remove(fp).await {
+            Ok(_) => {
+                tracing::info!(user = %identity.user_id, key = fp, "enrolled key revoked by its user");
+                self.ctx.ops.emit(Event::Revoked {
+                    user: identity.user_id.to_string(),
+                    key: fp.to_owned(),
+                    by: "user",
+                });
+                self.print(format!(
+                    "Revoked {fp}: it no longer logs in as {}.\n",
+                    identity.user_id
+                ))
+                .await;
+                finish(&self.writer, 0).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "revoking an enrollment failed");
+                self.refuse("hermes-ssh-gateway: the gateway's state store is unavailable")
+                    .await;
+            }
         }
     }
 
@@ -517,11 +594,26 @@ impl Job {
             Box::new(move || current_size(&resize).unwrap_or(initial))
                 as Box<dyn Fn() -> TermSize + Send>
         });
+        // Say up front which key this sign-in binds, and for how long (`keys` lists it later).
+        let note = pending
+            .proven_key
+            .as_ref()
+            .filter(|_| !self.ctx.enroll_ttl.is_zero())
+            .map(|k| {
+                let until = chrono::Utc::now()
+                    + chrono::Duration::from_std(self.ctx.enroll_ttl).unwrap_or_default();
+                format!(
+                    "Remembers key {} until {}",
+                    k.fingerprint,
+                    until.format("%Y-%m-%d")
+                )
+            });
         let io = super::signin::SigninIo {
             writer: &self.writer,
             input: &mut self.input,
             closed: &self.closed,
             size,
+            note,
         };
         self.ctx.ops.emit(Event::DeviceFlow { started: true });
         let result = super::signin::run(io, &oidc).await;

@@ -52,26 +52,25 @@ struct Screen {
     term: Option<Terminal<CrosstermBackend<Vec<u8>>>>,
     size: Option<TermSize>,
     qr: Option<Vec<String>>,
+    /// Which key will be remembered, and until when.
+    note: Option<String>,
 }
 
 impl Screen {
-    fn new(challenge: &Challenge) -> Screen {
+    fn new(challenge: &Challenge, note: Option<String>) -> Screen {
         Screen {
             term: None,
             size: None,
             qr: qr_lines(challenge.best_uri()),
+            note,
         }
     }
 
     /// Rows the text box and the QR code take at `width` columns (wrapped text included).
     fn rows_needed(&self, challenge: &Challenge, status: &str, width: u16) -> u16 {
-        let inner = usize::from(width.saturating_sub(2).max(1));
-        let text: usize = text_lines(challenge, status)
-            .iter()
-            .map(|l| l.width().div_ceil(inner).max(1))
-            .sum();
-        let qr = self.qr.as_ref().map_or(0, Vec::len);
-        u16::try_from(text + 2 + qr).unwrap_or(u16::MAX)
+        let text = text_lines(challenge, status, self.note.as_deref());
+        let qr = self.qr.as_ref().map_or(0, Vec::len) as u16;
+        (wrapped_rows(&text, width) + 2).saturating_add(qr)
     }
 
     /// The bytes that bring the client's screen up to date (a full repaint after a resize).
@@ -97,10 +96,11 @@ impl Screen {
             return out;
         };
         let qr = self.qr.clone();
+        let note = self.note.clone();
         let drawn = term.draw(|f| {
             let area = f.area();
-            let text = text_lines(challenge, status);
-            let text_height = text.len() as u16 + 2;
+            let text = text_lines(challenge, status, note.as_deref());
+            let text_height = wrapped_rows(&text, area.width) + 2;
             let qr_fits = qr.as_ref().is_some_and(|q| {
                 let w = q.first().map(|l| l.chars().count()).unwrap_or(0) as u16;
                 q.len() as u16 + text_height <= area.height && w + 4 <= area.width
@@ -138,7 +138,21 @@ impl Screen {
     }
 }
 
-fn text_lines(challenge: &Challenge, status: &str) -> Vec<Line<'static>> {
+/// Rows `lines` take inside a box `width` columns wide, word-wrapped (a wrapped line may need
+/// a row more than its length alone says, since words are not split).
+fn wrapped_rows(lines: &[Line<'_>], width: u16) -> u16 {
+    let inner = usize::from(width.saturating_sub(2).max(1));
+    let rows: usize = lines
+        .iter()
+        .map(|l| match l.width() {
+            w if w <= inner => 1,
+            w => w.div_ceil(inner) + 1,
+        })
+        .sum();
+    u16::try_from(rows).unwrap_or(u16::MAX)
+}
+
+fn text_lines(challenge: &Challenge, status: &str, note: Option<&str>) -> Vec<Line<'static>> {
     let bold = Style::default().add_modifier(Modifier::BOLD);
     let code = Style::default()
         .fg(Color::Yellow)
@@ -155,6 +169,9 @@ fn text_lines(challenge: &Challenge, status: &str) -> Vec<Line<'static>> {
         Span::styled(challenge.user_code.clone(), code),
     ]));
     lines.push(Line::from(""));
+    if let Some(n) = note {
+        lines.push(Line::from(n.to_owned()));
+    }
     lines.push(Line::from(Span::styled(
         status.to_owned(),
         Style::default().add_modifier(Modifier::DIM),
@@ -163,7 +180,7 @@ fn text_lines(challenge: &Challenge, status: &str) -> Vec<Line<'static>> {
 }
 
 /// The same as text lines for a session without a PTY.
-pub fn plain_text(challenge: &Challenge) -> String {
+pub fn plain_text(challenge: &Challenge, note: Option<&str>) -> String {
     let mut s = String::from("\r\n  Sign in to Hermes\r\n");
     s.push_str(&format!(
         "  Open {} on any device,\r\n  or go to {} and enter  {}\r\n\r\n",
@@ -178,6 +195,9 @@ pub fn plain_text(challenge: &Challenge) -> String {
             s.push_str(&l);
             s.push_str("\x1b[0m\r\n");
         }
+    }
+    if let Some(n) = note {
+        s.push_str(&format!("  {n}\r\n"));
     }
     let left = challenge
         .expires_at
@@ -199,6 +219,8 @@ pub struct SigninIo<'a> {
     pub closed: &'a CancellationToken,
     /// The terminal size, when there is a PTY.
     pub size: Option<Box<dyn Fn() -> TermSize + Send + 'a>>,
+    /// A line saying which key will be remembered after the sign-in, and until when.
+    pub note: Option<String>,
 }
 
 /// Runs a device sign-in in this channel. The screen is left before returning.
@@ -208,6 +230,7 @@ pub async fn run(io: SigninIo<'_>, oidc: &Arc<Oidc>) -> Result<Identity, FlowErr
         input,
         closed,
         size,
+        note,
     } = io;
     let send = |bytes: Vec<u8>| async move {
         let _ = writer.data_bytes(Bytes::from(bytes)).await;
@@ -223,7 +246,7 @@ pub async fn run(io: SigninIo<'_>, oidc: &Arc<Oidc>) -> Result<Identity, FlowErr
     tracing::info!("device sign-in started");
     tracing::debug!(user_code = %challenge.user_code, "device sign-in code");
 
-    let mut screen = Screen::new(&challenge);
+    let mut screen = Screen::new(&challenge, note.clone());
     let status = |left: Duration| {
         format!(
             "Waiting for approval… {} left   (q to cancel)",
@@ -239,7 +262,7 @@ pub async fn run(io: SigninIo<'_>, oidc: &Arc<Oidc>) -> Result<Identity, FlowErr
         }
         None => {
             let _ = writer
-                .extended_data_bytes(1, Bytes::from(plain_text(&challenge)))
+                .extended_data_bytes(1, Bytes::from(plain_text(&challenge, note.as_deref())))
                 .await;
         }
     }
@@ -290,7 +313,8 @@ mod tests {
 
     #[test]
     fn plain_text_has_url_code_and_qr() {
-        let t = plain_text(&challenge());
+        let t = plain_text(&challenge(), Some("This key will be remembered"));
+        assert!(t.contains("This key will be remembered"));
         assert!(t.contains("https://idp.example.com/device?user_code=WDJB-MJHT"));
         assert!(t.contains("enter  WDJB-MJHT"));
         assert!(t.contains('█') || t.contains('▀'));
@@ -306,7 +330,7 @@ mod tests {
     #[test]
     fn screen_draws_and_redraws_only_changes() {
         let c = challenge();
-        let mut s = Screen::new(&c);
+        let mut s = Screen::new(&c, None);
         let size = TermSize::clamped(100, 40, 0, 0);
         let first = s.frame(&c, size, "Waiting… 10:00 left");
         assert!(first.starts_with(ENTER));

@@ -504,6 +504,14 @@ pub async fn ws_ticket(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -
     }
 }
 
+fn invalid_link(ctx: &WebContext) -> Response {
+    signin_page(
+        ctx,
+        "This link is invalid or has expired. Run `link` again.",
+        StatusCode::FORBIDDEN,
+    )
+}
+
 /// `?t=…` (a query on GET, a form field on POST).
 #[derive(Deserialize)]
 pub struct TicketQuery {
@@ -540,11 +548,7 @@ Continue only if you ran it yourself.</p>\
         }
         Err(reason) => {
             tracing::warn!(%reason, "refused: web-login ticket");
-            signin_page(
-                &ctx,
-                "This link is invalid or has expired. Run `link` again.",
-                StatusCode::FORBIDDEN,
-            )
+            invalid_link(&ctx)
         }
     }
 }
@@ -582,11 +586,7 @@ pub async fn ticket_login(
         }
         Err(reason) => {
             tracing::warn!(%reason, "refused: web-login ticket");
-            signin_page(
-                &ctx,
-                "This link is invalid or has expired. Run `link` again.",
-                StatusCode::FORBIDDEN,
-            )
+            invalid_link(&ctx)
         }
     }
 }
