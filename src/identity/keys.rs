@@ -329,6 +329,11 @@ impl KeyRegistry {
         tokio::spawn(async move {
             // The watcher lives as long as this task.
             let _watcher = watcher;
+            // A safety net under the events (a missed inotify event, a file system without
+            // them): the directory's listing is compared now and then, and a change reloads.
+            let mut rescan = tokio::time::interval(RESCAN);
+            rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut seen = listing(&reg.dir);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -336,15 +341,54 @@ impl KeyRegistry {
                         if got.is_none() { break; }
                         tokio::time::sleep(settle).await;
                         while rx.try_recv().is_ok() {}
-                        let reg = reg.clone();
-                        // File reads are blocking work; keep them off the async workers.
-                        let _ = tokio::task::spawn_blocking(move || reg.reload()).await;
                     }
+                    _ = rescan.tick() => {
+                        let dir = reg.dir.clone();
+                        let now = tokio::task::spawn_blocking(move || listing(&dir)).await.unwrap_or_default();
+                        if now == seen {
+                            continue;
+                        }
+                        tracing::debug!("key directory changed without an event; reloading");
+                    }
+                }
+                let r = reg.clone();
+                // File reads are blocking work; keep them off the async workers.
+                let listed = tokio::task::spawn_blocking(move || {
+                    let l = listing(&r.dir);
+                    r.reload();
+                    l
+                })
+                .await;
+                if let Ok(l) = listed {
+                    seen = l;
                 }
             }
         });
         Ok(())
     }
+}
+
+/// How often the key directory's listing is compared when no event came.
+const RESCAN: Duration = Duration::from_secs(5);
+
+/// Names, sizes and modification times of the key files: what a reload would see change.
+fn listing(dir: &Path) -> Vec<(std::ffi::OsString, u64, Option<std::time::SystemTime>)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| is_key_file(&e.path()))
+        .map(|e| {
+            let m = e.metadata().ok();
+            (
+                e.file_name(),
+                m.as_ref().map_or(0, |m| m.len()),
+                m.and_then(|m| m.modified().ok()),
+            )
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// Creates `dir` and its parents, the last one with mode 0700.
