@@ -9,12 +9,8 @@ use std::path::Path;
 /// missing; an existing one with looser modes is tightened (and logged); one owned by another
 /// account is refused, since its owner could read or replace what the gateway writes there.
 pub fn private_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
     match std::fs::metadata(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => create_private_dir(dir),
         Err(e) => Err(e),
         Ok(m) if !m.is_dir() => Err(io::Error::other(format!(
             "{} is not a directory",
@@ -22,6 +18,16 @@ pub fn private_dir(dir: &Path) -> io::Result<()> {
         ))),
         Ok(m) => tighten(dir, &m, 0o700),
     }
+}
+
+/// Creates `dir` and its parents, the last one with mode 0700; an existing one is left as it
+/// is (for directories that may be shared, such as a log directory).
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// The same for an existing file (mode 0600); a missing one is left to its creator.

@@ -595,6 +595,22 @@ fn cpu_time_and_open_file_limits_apply_and_are_explained() {
     assert!(stdout.contains("CPU time limit (1s)"), "{stdout}");
 }
 
+/// Runs the gateway as `nobody` holding, as ambient capabilities, those it needs to switch
+/// accounts (as a packaged unprivileged deployment would).
+fn nobody_with_capabilities() -> Vec<String> {
+    let caps = "+setuid,+setgid,+kill,+chown,+fowner,+dac_override";
+    [
+        "setpriv".to_owned(),
+        "--reuid=65534".into(),
+        "--regid=65534".into(),
+        "--clear-groups".into(),
+        format!("--inh-caps={caps}"),
+        format!("--ambient-caps={caps}"),
+        "--".into(),
+    ]
+    .to_vec()
+}
+
 #[test]
 fn with_capabilities_instead_of_root_programs_keep_none_of_them() {
     let acc = Accounts::new("k");
@@ -624,18 +640,8 @@ fn with_capabilities_instead_of_root_programs_keep_none_of_them() {
         .success());
     std::fs::create_dir_all(tmp.path().join("keys/users")).unwrap();
     give_to_nobody(&tmp.path().join("keys"));
-    let caps = "+setuid,+setgid,+kill,+chown,+fowner,+dac_override";
-    let inh = format!("--inh-caps={caps}");
-    let amb = format!("--ambient-caps={caps}");
-    let wrapper = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        &inh,
-        &amb,
-        "--",
-    ];
+    let wrapper = nobody_with_capabilities();
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let cfg = config(
         "",
         &format!(
@@ -697,20 +703,8 @@ fn programs_hold_no_privileges_even_without_an_account_switch() {
     let tmp = shared_tmp();
     std::fs::create_dir_all(tmp.path().join("keys/users")).unwrap();
     give_to_nobody(&tmp.path().join("keys"));
-    let caps = "+setuid,+setgid,+kill,+chown,+fowner,+dac_override";
-    let (inh, amb) = (
-        format!("--inh-caps={caps}"),
-        format!("--ambient-caps={caps}"),
-    );
-    let wrapper = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        &inh,
-        &amb,
-        "--",
-    ];
+    let wrapper = nobody_with_capabilities();
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let state = format!(
         "[state]\ndir = \"{}\"\n",
         tmp.path().join("keys/state").display()

@@ -335,6 +335,13 @@ fn processes_with_env(marker: &str) -> Vec<i32> {
     out
 }
 
+/// An interactive session (the ssh client in a PTY) whose program has said READY.
+fn ready_pty_session(gw: &Gateway, key: &Keypair) -> PtyClient {
+    let pty = PtyClient::spawn(&gw.pty_args(key), 80, 24);
+    assert!(pty.expect("READY", T), "{}", pty.output());
+    pty
+}
+
 /// A gateway running `session` for one user whose id belongs to this run only (other runs'
 /// leftovers must not count); the environment entry that marks that user's programs.
 fn gateway_for_orphans(
@@ -360,15 +367,7 @@ fn programs_and_their_children_end_when_the_gateway_is_killed() {
     );
     let marker = marker.as_str();
     // A PTY session and a pipe session.
-    let mut args = ssh_base_args(gw.port);
-    args.extend([
-        "-tt".into(),
-        "-i".into(),
-        key.private.display().to_string(),
-        "127.0.0.1".into(),
-    ]);
-    let pty = PtyClient::spawn(&args, 80, 24);
-    assert!(pty.expect("READY", T), "{}", pty.output());
+    let _pty = ready_pty_session(&gw, &key);
     let mut ssh = gw.ssh(&key);
     ssh.args(["-T", "127.0.0.1"])
         .stdout(std::process::Stdio::piped())
@@ -709,15 +708,7 @@ fn programs_that_left_their_group_end_with_their_session_cgroup_when_the_gateway
         "this test needs session cgroups (root on a cgroup v1 or delegated v2 host): {}",
         gw.log()
     );
-    let mut args = ssh_base_args(gw.port);
-    args.extend([
-        "-tt".into(),
-        "-i".into(),
-        key.private.display().to_string(),
-        "127.0.0.1".into(),
-    ]);
-    let pty = PtyClient::spawn(&args, 80, 24);
-    assert!(pty.expect("READY", T), "{}", pty.output());
+    let _pty = ready_pty_session(&gw, &key);
     assert!(
         eventually(T, || processes_with_env(&marker).len() >= 2),
         "{:?}",

@@ -236,7 +236,7 @@ impl KeyRegistry {
     /// Loads `dir` (creating it, mode 0700, when missing) and logs what was skipped.
     pub fn open(dir: &Path) -> std::io::Result<Arc<KeyRegistry>> {
         if !dir.exists() {
-            create_private_dir(dir)?;
+            crate::fsutil::create_private_dir(dir)?;
         }
         let reg = Arc::new(KeyRegistry {
             dir: dir.to_owned(),
@@ -389,15 +389,6 @@ fn listing(dir: &Path) -> Vec<(std::ffi::OsString, u64, Option<std::time::System
         .collect();
     out.sort();
     out
-}
-
-/// Creates `dir` and its parents, the last one with mode 0700.
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
 }
 
 #[cfg(test)]

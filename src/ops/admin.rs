@@ -17,7 +17,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         // Created private when missing; an existing one (the state directory by default, or a
         // shared one such as /run) is not changed: the socket is 0600 and checks its peers.
-        crate::identity::keys::create_private_dir(dir)?;
+        crate::fsutil::create_private_dir(dir)?;
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}

@@ -25,7 +25,7 @@ impl AuditLog {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             // Created private when missing; an existing one may be a shared log directory and
             // is left as it is: the file itself is what must be private.
-            crate::identity::keys::create_private_dir(dir)?;
+            crate::fsutil::create_private_dir(dir)?;
         }
         crate::fsutil::private_file(path)?;
         let mut file = std::fs::OpenOptions::new()

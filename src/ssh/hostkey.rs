@@ -69,7 +69,7 @@ pub fn load_or_generate(path: &Path) -> Result<(PrivateKey, Origin), HostKeyErro
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                crate::identity::keys::create_private_dir(dir).map_err(io)?;
+                crate::fsutil::create_private_dir(dir).map_err(io)?;
             }
             let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
                 .map_err(|e| HostKeyError::Generate(e.to_string()))?;

@@ -205,6 +205,17 @@ pub async fn index(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Re
     }
 }
 
+/// A banned address may not start or finish a browser login.
+async fn refuse_banned(ctx: &WebContext, client: IpAddr) -> Option<Response> {
+    ctx.bans.is_banned(client).await.then(|| {
+        signin_page(
+            ctx,
+            "Too many failed sign-ins from your address; try again later.",
+            StatusCode::FORBIDDEN,
+        )
+    })
+}
+
 /// `GET /auth/login`: to the IdP, with PKCE, state and nonce.
 pub async fn login(
     State(ctx): State<Arc<WebContext>>,
@@ -212,12 +223,8 @@ pub async fn login(
     headers: HeaderMap,
 ) -> Response {
     let client = ctx.client_ip(peer, &headers);
-    if ctx.bans.is_banned(client).await {
-        return signin_page(
-            &ctx,
-            "Too many failed sign-ins from your address; try again later.",
-            StatusCode::FORBIDDEN,
-        );
+    if let Some(refused) = refuse_banned(&ctx, client).await {
+        return refused;
     }
     let Some(oidc) = &ctx.oidc else {
         return signin_page(
@@ -290,12 +297,8 @@ pub async fn callback(
     Query(q): Query<CallbackQuery>,
 ) -> Response {
     let client = ctx.client_ip(peer, &headers);
-    if ctx.bans.is_banned(client).await {
-        return signin_page(
-            &ctx,
-            "Too many failed sign-ins from your address; try again later.",
-            StatusCode::FORBIDDEN,
-        );
+    if let Some(refused) = refuse_banned(&ctx, client).await {
+        return refused;
     }
     match finish_login(&ctx, client, &headers, q).await {
         Ok(page) => page,
