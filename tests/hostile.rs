@@ -797,17 +797,24 @@ fn ipv6_clients_are_counted_by_network_for_pending_slots_and_bans() {
     );
     let gw = Gateway::start_wrapped(tmp.path(), &cfg, &[], &["ip", "netns", "exec", &ns.0]);
     let admitted = || gw.log().matches("admitted to device sign-in").count();
+    // Device sign-in (held open with -N), and an unknown key (refused), from a given address.
+    const SIGN_IN: &[&str] = &[
+        "-N",
+        "-o",
+        "PreferredAuthentications=keyboard-interactive",
+        "2001:db8::1",
+    ];
+    let stranger_key = stranger.private.to_str().unwrap();
+    let with_key = [
+        "-o",
+        "PreferredAuthentications=publickey",
+        "-i",
+        stranger_key,
+        "2001:db8::1",
+        "whoami",
+    ];
     let hold = |from: &str| {
-        let mut c = ns.ssh(
-            gw.port,
-            from,
-            &[
-                "-N",
-                "-o",
-                "PreferredAuthentications=keyboard-interactive",
-                "2001:db8::1",
-            ],
-        );
+        let mut c = ns.ssh(gw.port, from, SIGN_IN);
         c.stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         c.spawn().unwrap()
@@ -816,17 +823,12 @@ fn ipv6_clients_are_counted_by_network_for_pending_slots_and_bans() {
     let mut a = hold("2001:db8::a");
     assert!(eventually(T, || admitted() == 1), "{}", gw.log());
     // …so 2001:db8::b, another address of the same /64, is refused…
-    let mut b = ns.ssh(
-        gw.port,
-        "2001:db8::b",
-        &[
-            "-N",
-            "-o",
-            "PreferredAuthentications=keyboard-interactive",
-            "2001:db8::1",
-        ],
+    assert_eq!(
+        run(ns.ssh(gw.port, "2001:db8::b", SIGN_IN), T)
+            .status
+            .code(),
+        Some(255)
     );
-    assert_eq!(run(b, T).status.code(), Some(255));
     assert!(
         gw.log()
             .contains("too many sign-ins in progress from this address"),
@@ -837,34 +839,15 @@ fn ipv6_clients_are_counted_by_network_for_pending_slots_and_bans() {
     let mut c = hold("2001:db8:0:1::c");
     assert!(eventually(T, || admitted() == 2), "{}", gw.log());
     // A second failure from the first /64 (an unknown key) bans the whole /64 …
-    b = ns.ssh(
-        gw.port,
-        "2001:db8::b",
-        &[
-            "-o",
-            "PreferredAuthentications=publickey",
-            "-i",
-            stranger.private.to_str().unwrap(),
-            "2001:db8::1",
-            "whoami",
-        ],
+    assert_eq!(
+        run(ns.ssh(gw.port, "2001:db8::b", &with_key), T)
+            .status
+            .code(),
+        Some(255)
     );
-    assert_eq!(run(b, T).status.code(), Some(255));
     assert!(gw.wait_log("address banned", T).is_some(), "{}", gw.log());
     let banned = |from: &str| {
-        let cmd = ns.ssh(
-            gw.port,
-            from,
-            &[
-                "-o",
-                "PreferredAuthentications=publickey",
-                "-i",
-                stranger.private.to_str().unwrap(),
-                "2001:db8::1",
-                "whoami",
-            ],
-        );
-        let out = run(cmd, T);
+        let out = run(ns.ssh(gw.port, from, &with_key), T);
         // Banned: closed at accept, before the banner; not banned: a refused key.
         !text(&out.stderr).contains("Permission denied")
     };
