@@ -468,17 +468,23 @@ def run(tmp, q, results):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
     pub = open(key + ".pub").read().strip()
 
-    # The gateway: the key mapped to "bench"; exec words are run by /bin/sh.
-    gdir = os.path.join(tmp, "gw")
-    os.makedirs(os.path.join(gdir, "keys", "users"))
-    with open(os.path.join(gdir, "keys", "users", "bench.keys"), "w") as f:
-        f.write(pub + "\n")
-    gport = free_port()
-    with open(os.path.join(gdir, "gateway.toml"), "w") as f:
-        f.write(f'[ssh]\nlisten = "127.0.0.1:{gport}"\n'
-                '[session]\ncommand = ["/bin/sh", "-c", "eval \\"$*\\"", "sh"]\nexec = "args"\n'
-                '[limits]\nmax_connections = 5000\nmax_sessions_per_user = 0\n[logging]\nlevel = "warn"\n')
-    gw = start([GATEWAY, "--config", os.path.join(gdir, "gateway.toml")])
+    # The gateway: the key mapped to "bench"; exec words are run by /bin/sh. A second one without
+    # the Landlock sandbox measures what the sandbox costs.
+    def gateway(name, session_extra=""):
+        d = os.path.join(tmp, name)
+        os.makedirs(os.path.join(d, "keys", "users"))
+        with open(os.path.join(d, "keys", "users", "bench.keys"), "w") as f:
+            f.write(pub + "\n")
+        port = free_port()
+        with open(os.path.join(d, "gateway.toml"), "w") as f:
+            f.write(f'[ssh]\nlisten = "127.0.0.1:{port}"\n'
+                    '[session]\ncommand = ["/bin/sh", "-c", "eval \\"$*\\"", "sh"]\nexec = "args"\n'
+                    f'{session_extra}[limits]\nmax_connections = 5000\nmax_sessions_per_user = 0\n'
+                    '[logging]\nlevel = "warn"\n')
+        return start([GATEWAY, "--config", os.path.join(d, "gateway.toml")]), port
+
+    gw, gport = gateway("gw")
+    gw_nosb, nport = gateway("gw-nosandbox", 'isolation = "none"\n')
 
     # A private sshd: its own host key, publickey only, no PAM, the same program through /bin/sh.
     sdir = os.path.join(tmp, "sshd")
@@ -497,12 +503,14 @@ def run(tmp, q, results):
     os.makedirs("/run/sshd", exist_ok=True)
     sshd = start([SSHD, "-D", "-f", os.path.join(sdir, "sshd_config")])
     wait_port(gport)
+    wait_port(nport)
     wait_port(sport)
 
     g = Target("gateway", gport, lambda: [gw.pid])
     s = Target("sshd", sport, lambda: [sshd.pid])
     s25519 = Target("sshd-curve25519", sport, lambda: [sshd.pid], ["-o", "KexAlgorithms=curve25519-sha256"])
     g25519 = Target("gateway", gport, lambda: [gw.pid], ["-o", "KexAlgorithms=curve25519-sha256"])
+    gnosb = Target("gateway, no sandbox", nport, lambda: [gw_nosb.pid], ["-o", "KexAlgorithms=curve25519-sha256"])
     m = results["metrics"]
 
     def record(name, unit, values, better):
@@ -512,7 +520,7 @@ def run(tmp, q, results):
 
     n = 8 if q else 50
     if want("connect"):
-        measure_connect(g25519, s, s25519, key, n, record)
+        measure_connect(g25519, gnosb, s, s25519, key, n, record)
     if want("pty"):
         measure_pty(g, s, key, q, record)
     if want("channel"):
@@ -543,12 +551,13 @@ def run(tmp, q, results):
     print_table(results)
 
 
-def measure_connect(g25519, s, s25519, key, n, record):
-    lat = {"gateway": [], "sshd": [], "sshd-curve25519": []}
+def measure_connect(g25519, gnosb, s, s25519, key, n, record):
+    lat = {"gateway": [], "gateway, no sandbox": [], "sshd": [], "sshd-curve25519": []}
     for _ in range(n):  # interleaved
-        g1, s1, s2 = quiet("connect", lambda: (connect_latency(g25519, key, 1), connect_latency(s, key, 1),
-                                               connect_latency(s25519, key, 1)))
+        g1, g2, s1, s2 = quiet("connect", lambda: (connect_latency(g25519, key, 1), connect_latency(gnosb, key, 1),
+                                                   connect_latency(s, key, 1), connect_latency(s25519, key, 1)))
         lat["gateway"] += g1
+        lat["gateway, no sandbox"] += g2
         lat["sshd"] += s1
         lat["sshd-curve25519"] += s2
     record("connect + auth + true", "ms", {k: summarize(v) for k, v in lat.items()}, "lower")

@@ -43,6 +43,19 @@ need ip || apt_install iproute2
 # Debian's Chromium for the browser test (playwright-core drives it; it downloads no browser).
 [ -x /usr/bin/chromium ] || apt_install chromium
 
+# The sandbox tests run the tools a program would, by absolute path: Debian's python3.
+[ -x /usr/bin/python3 ] || apt_install python3
+
+# The real Hermes TUI (tests/hermes.rs): PyPI hermes-agent, pinned, in a virtualenv under
+# target/ (a clean clone installs it once; about 230 MB).
+HERMES_VENV=target/hermes-agent-0.19.0
+if [ ! -x "$HERMES_VENV/bin/hermes" ]; then
+  echo "installing hermes-agent 0.19.0 into $HERMES_VENV (PyPI)" >&2
+  rm -rf "$HERMES_VENV"
+  python3 -m venv "$HERMES_VENV" 2>/dev/null || { apt_install python3-venv && /usr/bin/python3 -m venv "$HERMES_VENV"; }
+  "$HERMES_VENV/bin/pip" install -q --disable-pip-version-check hermes-agent==0.19.0
+fi
+
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets "$@"

@@ -281,6 +281,11 @@ pub struct OidcConfig {
     /// How long a key proven during a device login stays bound to the user ("0s": never bound).
     #[serde(default = "default_enroll_ttl", with = "humantime_serde")]
     pub enroll_ttl: Duration,
+    /// An enrolled key's login asks the IdP about its user again (with the refresh token of
+    /// the sign-in that bound it) when the IdP's last word is this old. Needs `offline_access`
+    /// in `scopes`; "0s": at every login.
+    #[serde(default = "default_recheck_interval", with = "humantime_serde")]
+    pub recheck_interval: Duration,
     /// Clock skew tolerated on `exp`/`iat`.
     #[serde(default = "default_leeway", with = "humantime_serde")]
     pub leeway: Duration,
@@ -296,6 +301,18 @@ pub struct OidcConfig {
     pub pending_timeout: Duration,
 }
 
+impl OidcConfig {
+    /// Why enrolled keys would never be re-checked with the IdP, if that is the case.
+    pub fn recheck_warning(&self) -> Option<String> {
+        (!self.enroll_ttl.is_zero() && !self.scopes.iter().any(|s| s == "offline_access")).then(|| {
+            format!(
+                "[oidc] scopes has no \"offline_access\": the IdP issues no refresh token, so an enrolled key logs in for its whole enroll_ttl ({}) even after the user is disabled or leaves allowed_groups; add it to re-check users every recheck_interval",
+                humantime::format_duration(self.enroll_ttl)
+            )
+        })
+    }
+}
+
 fn default_scopes() -> Vec<String> {
     vec!["openid".into(), "email".into(), "profile".into()]
 }
@@ -307,6 +324,9 @@ fn default_groups_claim() -> String {
 }
 fn default_enroll_ttl() -> Duration {
     Duration::from_secs(30 * 24 * 3600)
+}
+fn default_recheck_interval() -> Duration {
+    Duration::from_secs(3600)
 }
 fn default_leeway() -> Duration {
     Duration::from_secs(60)
@@ -457,6 +477,64 @@ pub struct SessionConfig {
     pub home_base: PathBuf,
     /// Per-session resource limits.
     pub limits: ResourceLimits,
+    /// How programs are kept apart from the gateway and from each other.
+    pub isolation: Isolation,
+    /// What a sandboxed program may read and write.
+    pub sandbox: SandboxConfig,
+}
+
+/// `[session] isolation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Every program runs in a Landlock sandbox (`[session.sandbox]`).
+    #[default]
+    Landlock,
+    /// No sandbox: programs see whatever their account can reach. The operator's explicit
+    /// choice for kernels without Landlock.
+    None,
+}
+
+/// `[session.sandbox]`: the file system a sandboxed program reaches. Paths may contain
+/// `{user_id}` as a whole component; relative ones are resolved against the config's directory.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// Readable and executable (beneath each path).
+    pub read: Vec<Template>,
+    /// Readable, writable and executable (beneath each path).
+    pub write: Vec<Template>,
+    /// Each user's own HOME (and TMPDIR beneath it) when programs share the gateway's account.
+    pub home: Template,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        let t = |s: &str| Template(s.to_owned());
+        SandboxConfig {
+            // What interpreters and their libraries need: the system, its configuration
+            // (certificates, resolver, time zones), and the read-only kernel views.
+            read: [
+                "/usr",
+                "/bin",
+                "/sbin",
+                "/lib",
+                "/lib32",
+                "/lib64",
+                "/etc",
+                "/opt",
+                "/proc",
+                "/sys",
+                "/run/systemd/resolve",
+            ]
+            .into_iter()
+            .map(t)
+            .collect(),
+            // Terminals, /dev/null, /dev/urandom, /dev/shm; device files keep their own modes.
+            write: vec![t("/dev")],
+            home: t("homes/{user_id}"),
+        }
+    }
 }
 
 /// `[session.limits]`: what one session's program (with everything it starts) may use.
@@ -592,6 +670,8 @@ impl Default for SessionConfig {
             create_accounts: false,
             home_base: PathBuf::from("/home"),
             limits: ResourceLimits::default(),
+            isolation: Isolation::default(),
+            sandbox: SandboxConfig::default(),
         }
     }
 }
@@ -742,7 +822,10 @@ impl Config {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        cfg.resolve_paths(base);
+        // Absolute, because programs get some of these paths (a sandboxed HOME) and start in
+        // another directory.
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_owned());
+        cfg.resolve_paths(&base);
         Ok(cfg)
     }
 
@@ -823,6 +906,35 @@ impl Config {
         if l.cpu_time.is_some_and(|d| d < Duration::from_secs(1)) {
             return Err(invalid("[session.limits] cpu_time: at least 1s".into()));
         }
+        let sb = &self.session.sandbox;
+        for (key, t) in sb
+            .read
+            .iter()
+            .map(|t| ("read", t))
+            .chain(sb.write.iter().map(|t| ("write", t)))
+            .chain([("home", &sb.home)])
+        {
+            let whole = Path::new(t.as_str())
+                .components()
+                .filter(|c| {
+                    c.as_os_str()
+                        .to_string_lossy()
+                        .contains(USER_ID_PLACEHOLDER)
+                })
+                .all(|c| c.as_os_str() == USER_ID_PLACEHOLDER);
+            if !whole || t.as_str().is_empty() {
+                return Err(invalid(format!(
+                    "[session.sandbox] {key}: {:?}: {USER_ID_PLACEHOLDER} must be a whole path component (as in \"/srv/hermes/{USER_ID_PLACEHOLDER}\")",
+                    t.as_str()
+                )));
+            }
+        }
+        if !sb.home.uses_user_id() {
+            return Err(invalid(format!(
+                "[session.sandbox] home: {:?} must contain {USER_ID_PLACEHOLDER} (each user gets their own)",
+                sb.home.as_str()
+            )));
+        }
         if self.state.backend == StateBackend::Redis && self.state.redis_url.is_none() {
             return Err(invalid(
                 "[state] redis_url: required with backend = \"redis\"".into(),
@@ -889,6 +1001,38 @@ impl Config {
         if let Some(r) = &mut self.recording {
             abs(&mut r.dir);
         }
+        let abs_template = |t: &mut Template| {
+            if Path::new(t.as_str()).is_relative() {
+                *t = Template(base.join(t.as_str()).display().to_string());
+            }
+        };
+        let sb = &mut self.session.sandbox;
+        sb.read.iter_mut().for_each(abs_template);
+        sb.write.iter_mut().for_each(abs_template);
+        abs_template(&mut sb.home);
+    }
+
+    /// What no program may reach: the gateway's secrets and its state, with what each is.
+    pub fn protected_paths(&self, config_file: &Path) -> Vec<(&'static str, PathBuf)> {
+        let mut out = vec![
+            ("the configuration file", config_file.to_owned()),
+            ("the host key", self.ssh.host_key.clone()),
+            (
+                "the key files ([ssh] users_dir)",
+                self.ssh.users_dir.clone(),
+            ),
+            ("the state directory", self.state.dir.clone()),
+        ];
+        if let Some(dir) = self.admin.socket.parent() {
+            out.push(("the admin socket's directory", dir.to_owned()));
+        }
+        if let Some(a) = &self.audit {
+            out.push(("the audit log", a.path.clone()));
+        }
+        if let Some(r) = &self.recording {
+            out.push(("the recordings", r.dir.clone()));
+        }
+        out
     }
 }
 

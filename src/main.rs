@@ -23,7 +23,7 @@ use hermes_ssh_gateway::identity::redis::{
 use hermes_ssh_gateway::identity::store::{EnrollmentStore, FileEnrollmentStore};
 use hermes_ssh_gateway::identity::tickets::{MemoryTicketStore, TicketStore};
 use hermes_ssh_gateway::identity::{KeyRegistry, UserId};
-use hermes_ssh_gateway::launcher::LaunchSpec;
+use hermes_ssh_gateway::launcher::{sandbox, LaunchSpec};
 use hermes_ssh_gateway::ops::{admin, metrics, AuditLog, Ops, Shutdown};
 use hermes_ssh_gateway::ssh::{
     hostkey, ConnectionLimits, SessionLimits, SshContext, SshServer, SshSettings, WebLink,
@@ -224,12 +224,27 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
             o.user_id_claim
         );
     }
+    if let Some(w) = config.oidc.as_ref().and_then(|o| o.recheck_warning()) {
+        println!("warning: {w}");
+    }
     let policy = hermes_ssh_gateway::launcher::AccountPolicy::from_config(&config.session);
     if policy.switches_users() {
         if let Err(e) =
             hermes_ssh_gateway::launcher::account::check_privileges(config.session.create_accounts)
         {
             println!("warning: run as this user, serve would refuse to start: {e}");
+        }
+    }
+    match sandbox_plan(&config, path) {
+        Ok(plan) => {
+            for w in &plan.warnings {
+                println!("warning: {w}");
+            }
+            println!("isolation: {}", plan.summary);
+        }
+        Err(e) => {
+            println!("error: {e}");
+            anyhow::bail!("serve would refuse to start with this configuration");
         }
     }
     println!(
@@ -273,9 +288,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
 
     session_privileges(&config.session)?;
     hermes_ssh_gateway::launcher::confine::init(&config.session.limits);
-    let launch = Arc::new(ArcSwap::from_pointee(LaunchSpec::from_config(
-        &config.session,
-    )));
+    let launch = Arc::new(ArcSwap::from_pointee(launch_spec(&config, &config_path)?));
     warn_if_program_missing(&launch.load());
 
     let audit = match &config.audit {
@@ -361,7 +374,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         registry.clone(),
         linked_key_users(&config)?,
     ));
-    let (oidc, limiter, enroll_ttl, pending_timeout) = match &config.oidc {
+    let (oidc, limiter, enroll_ttl, pending_timeout, recheck_interval) = match &config.oidc {
         Some(o) => {
             let oidc = Oidc::new(OidcSettings {
                 issuer: o.issuer.0.as_str().trim_end_matches('/').to_owned(),
@@ -390,9 +403,21 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             };
             let limiter: Arc<dyn PendingSlots> =
                 Arc::new(ByNetwork::new(limiter, config.limits.ipv6_prefix));
-            (Some(oidc), Some(limiter), o.enroll_ttl, o.pending_timeout)
+            (
+                Some(oidc),
+                Some(limiter),
+                o.enroll_ttl,
+                o.pending_timeout,
+                o.recheck_interval,
+            )
         }
-        None => (None, None, Duration::ZERO, Duration::from_secs(600)),
+        None => (
+            None,
+            None,
+            Duration::ZERO,
+            Duration::from_secs(600),
+            Duration::ZERO,
+        ),
     };
     let tickets: Arc<dyn TicketStore> = match &redis {
         Some(r) => Arc::new(RedisTickets(r.clone())),
@@ -485,6 +510,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         oidc,
         limiter,
         enroll_ttl,
+        recheck_interval,
         pending_timeout,
         web_link,
     };
@@ -549,12 +575,17 @@ async fn signals(
                 registry.reload();
                 match Config::load(config_path) {
                     Ok(new) => {
-                        if let Err(e) = session_privileges(&new.session) {
-                            tracing::error!("configuration reload refused, keeping the running configuration: {e}");
-                            continue;
-                        }
+                        let spec = session_privileges(&new.session)
+                            .and_then(|()| launch_spec(&new, config_path));
+                        let spec = match spec {
+                            Ok(spec) => spec,
+                            Err(e) => {
+                                tracing::error!("configuration reload refused, keeping the running configuration: {e}");
+                                continue;
+                            }
+                        };
                         hermes_ssh_gateway::launcher::confine::init(&new.session.limits);
-                        launch.store(Arc::new(LaunchSpec::from_config(&new.session)));
+                        launch.store(Arc::new(spec));
                         tracing::info!("configuration reloaded ([session] and key files; other sections apply at the next restart)");
                     }
                     Err(e) => tracing::error!("configuration reload failed, keeping the running configuration: {e}"),
@@ -569,6 +600,9 @@ fn linked_key_users(config: &Config) -> anyhow::Result<Vec<UserId>> {
     let Some(o) = &config.oidc else {
         return Ok(Vec::new());
     };
+    if let Some(w) = o.recheck_warning() {
+        tracing::warn!("{w}");
+    }
     if EDITABLE_CLAIMS.contains(&o.user_id_claim.as_str()) {
         tracing::warn!("[oidc] user_id_claim = {:?} is a claim users can change themselves at many identity providers: two people could end up with the same user id over time; prefer \"sub\" (or a verified \"email\")", o.user_id_claim);
     }
@@ -578,6 +612,37 @@ fn linked_key_users(config: &Config) -> anyhow::Result<Vec<UserId>> {
             UserId::parse(u).map_err(|e| anyhow::anyhow!("[oidc] linked_key_users: {u:?}: {e}"))
         })
         .collect()
+}
+
+/// How programs are isolated, decided from the whole config: the paths no program may reach,
+/// and whether more than one person can sign in.
+fn sandbox_plan(
+    config: &Config,
+    config_path: &std::path::Path,
+) -> Result<sandbox::Plan, sandbox::SandboxError> {
+    let users =
+        hermes_ssh_gateway::identity::keys::KeySnapshot::load(&config.ssh.users_dir).user_count();
+    let account = hermes_ssh_gateway::launcher::Account::current();
+    let shared =
+        !hermes_ssh_gateway::launcher::AccountPolicy::from_config(&config.session).switches_users();
+    sandbox::plan(
+        &config.session,
+        shared.then_some(account.name.as_str()),
+        config.protected_paths(config_path),
+        config.oidc.is_some() || users > 1,
+    )
+}
+
+/// The launch settings, with the sandbox the plan decided on (logged).
+fn launch_spec(config: &Config, config_path: &std::path::Path) -> anyhow::Result<LaunchSpec> {
+    let plan = sandbox_plan(config, config_path)?;
+    for w in &plan.warnings {
+        tracing::warn!("{w}");
+    }
+    tracing::info!("{}", plan.summary);
+    let mut spec = LaunchSpec::from_config(&config.session);
+    spec.sandbox = plan.sandbox.map(Arc::new);
+    Ok(spec)
 }
 
 /// Tells the operator at start, not at the first login, that the program is not installed.

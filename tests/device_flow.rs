@@ -634,3 +634,107 @@ fn users_and_the_operator_see_and_revoke_enrolled_keys() {
     assert!(text(&run(admin, T).stdout).contains("\"revoked\":true"));
     assert_eq!(batch_whoami(&s.gw, &other).status.code(), Some(255));
 }
+
+#[test]
+fn enrolled_keys_are_rechecked_with_the_idp_and_end_when_it_no_longer_vouches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let idp = Idp::start(&[("INTERVAL", "1")]);
+    // offline_access: the IdP issues a refresh token; "0s": every login asks the IdP again.
+    let cfg = config(
+        "",
+        &format!(
+            "{PROGRAM}[oidc]\nissuer = \"{}\"\nclient_id = \"hermes-gateway\"\nscopes = [\"openid\", \"email\", \"profile\", \"groups\", \"offline_access\"]\nallowed_groups = [\"hermes-users\"]\nrecheck_interval = \"0s\"\n[audit]\npath = \"audit.log\"\n",
+            idp.issuer
+        ),
+    );
+    let gw = Gateway::start(tmp.path(), &cfg);
+    assert!(gw.wait_log("identity provider discovered", T).is_some());
+    let s = Setup { tmp, idp, gw };
+    let enroll = |name: &str| {
+        let key = Keypair::new(s.tmp.path(), name);
+        let (mut c, uri) = begin(&s, &key, &[]);
+        s.idp.approve(&uri, "alice");
+        assert!(c.expect("PROGRAM-STARTED ID=alice", T), "{}", c.output());
+        assert_eq!(c.wait(T), Some(0));
+        key
+    };
+    let token_requests = || s.idp.polls().len();
+
+    // The enrollment keeps the refresh token (never in the log); each login renews it, and a
+    // rotated token replaces the old one (the second renewal would fail otherwise).
+    let first = enroll("first");
+    let state = std::fs::read_to_string(s.tmp.path().join("state/enrollments.json")).unwrap();
+    assert!(state.contains("refresh_token"), "{state}");
+    for _ in 0..2 {
+        let before = token_requests();
+        let out = batch_whoami(&s.gw, &first);
+        assert!(
+            text(&out.stdout).contains("enrolled-key"),
+            "{out:?}\n{}",
+            s.gw.log()
+        );
+        assert_eq!(token_requests(), before + 1, "one renewal per login");
+    }
+    assert!(!s.gw.log().contains("refresh_token"));
+    // Logins at once with the same key renew one after the other, never with a token another
+    // renewal already replaced (which the IdP treats as a replay).
+    std::thread::scope(|scope| {
+        let logins: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| batch_whoami(&s.gw, &first)))
+            .collect();
+        for l in logins {
+            let out = l.join().unwrap();
+            assert!(
+                text(&out.stdout).contains("enrolled-key"),
+                "{out:?}\n{}",
+                s.gw.log()
+            );
+        }
+    });
+
+    // Alice leaves the allowed group: her next login ends the enrollment, with the reason.
+    s.idp
+        .change_user(serde_json::json!({"user": "alice", "groups": ["staff"]}));
+    assert_eq!(batch_whoami(&s.gw, &first).status.code(), Some(255));
+    assert!(s.gw.log().contains("enrollment revoked"), "{}", s.gw.log());
+    let audit = std::fs::read_to_string(s.tmp.path().join("audit.log")).unwrap();
+    let revoked = audit
+        .lines()
+        .find(|l| l.contains("\"revoked\"") && l.contains("identity provider"))
+        .unwrap_or_else(|| panic!("{audit}"));
+    assert!(revoked.contains(&first.fingerprint()), "{revoked}");
+    assert!(
+        audit.contains("not in a group allowed"),
+        "the reason names the rule: {audit}"
+    );
+    let before = token_requests();
+    assert_eq!(batch_whoami(&s.gw, &first).status.code(), Some(255));
+    assert_eq!(
+        token_requests(),
+        before,
+        "a removed enrollment is not re-checked"
+    );
+
+    // Back in the group, enrolled again; then the IdP disables her. The next interactive login
+    // ends the enrollment and its sign-in screen says why.
+    s.idp
+        .change_user(serde_json::json!({"user": "alice", "groups": ["hermes-users"]}));
+    let second = enroll("second");
+    s.idp
+        .change_user(serde_json::json!({"user": "alice", "disabled": true}));
+    let (mut c, _uri) = begin(&s, &second, &[]);
+    assert!(c.expect_screen("enrollment ended", T), "{}", c.screen());
+    assert!(c.screen().contains("invalid_grant"), "{}", c.screen());
+    c.send("q");
+    let _ = c.wait(T);
+
+    // An IdP that cannot be asked changes nothing: the binding holds until its expiry.
+    s.idp
+        .change_user(serde_json::json!({"user": "alice", "disabled": false}));
+    let third = enroll("third");
+    let Setup { tmp: _tmp, idp, gw } = s;
+    drop(idp);
+    let out = batch_whoami(&gw, &third);
+    assert!(text(&out.stdout).contains("enrolled-key"), "{out:?}");
+    assert!(gw.log().contains("cannot re-check"), "{}", gw.log());
+}

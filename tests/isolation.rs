@@ -181,9 +181,12 @@ fn a_program_can_neither_use_the_admin_socket_nor_read_the_gateway() {
     let tmp = tempfile::tempdir().unwrap();
     let sock = tmp.path().join("state/admin.sock");
     // As a signed-in user's program would: same account as the gateway (root here).
+    // The sandbox lets the program run the gateway's binary, so that the socket's own check is
+    // what refuses it.
+    let bin_dir = std::path::Path::new(BIN).parent().unwrap().display();
     let session = format!(
-        "[session]\ncommand = [\"/bin/sh\", \"-c\", \"{BIN} sessions --json --socket {s} >/dev/null 2>&1; echo ADMIN=$?; cat /proc/$PPID/environ >/dev/null 2>&1; echo ENVIRON=$?\"]\n",
-        s = sock.display()
+        "[session]\ncommand = [\"/bin/sh\", \"-c\", \"{BIN} sessions --json --socket {s} >/dev/null 2>&1; echo ADMIN=$?; cat /proc/$PPID/environ >/dev/null 2>&1; echo ENVIRON=$?\"]\n[session.sandbox]\nread = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", \"/etc\", \"/proc\", \"{bin_dir}\"]\n",
+        s = sock.display(),
     );
     let gw = Gateway::start(tmp.path(), &config("", &session));
     let key = Keypair::new(tmp.path(), "alice_key");
@@ -207,4 +210,211 @@ fn a_program_can_neither_use_the_admin_socket_nor_read_the_gateway() {
     let mut c = std::process::Command::new(BIN);
     c.args(["sessions", "--json", "--socket"]).arg(&sock);
     assert!(run(c, T).status.success());
+}
+
+/// What alice's program tries against bob and the gateway, one `NAME=ok|denied` line each.
+/// `{D}` is the gateway's directory, `{PUB}` alice's public key, `{MARK}` bob's program's
+/// distinctive argument, `{ABSTRACT}` an abstract socket the test listens on.
+const ATTACKS: &str = r#"
+if [ "$HERMES_DASHBOARD_USER_ID" = bob ]; then echo READY; exec sleep {MARK}; fi
+D={D}
+r() { name=$1; shift; if "$@" >/dev/null 2>&1; then echo "$name=ok"; else echo "$name=denied"; fi; }
+r APPEND sh -c "echo {PUB} >> $D/keys/users/bob.keys"
+r NEWUSER sh -c "echo {PUB} > $D/keys/users/mallory.keys"
+r CONFIG cat $D/gateway.toml
+r HOSTKEY cat $D/keys/host_ed25519
+r STATE ls $D/state
+r AUDIT cat $D/audit.log
+r RECORDINGS ls $D/recordings
+r BOBHOME ls $D/homes/bob
+bob=$(pgrep -x -f "sleep {MARK}")
+r FOUNDBOB test -n "$bob"
+r KILL kill -KILL $bob
+r BOBENV cat /proc/$bob/environ
+r GWENV cat /proc/$PPID/environ
+r PYTHON /usr/bin/python3 -c pass
+r ADMIN /usr/bin/python3 -c "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b'sessions\n'); sys.exit(0 if s.recv(100) else 1)" $D/state/admin.sock
+r ABSTRACT /usr/bin/python3 -c "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(b'\0'+sys.argv[1].encode())" {ABSTRACT}
+r OWN sh -c "echo x > $HOME/f && cat $HOME/f && echo y > $TMPDIR/t"
+r SYSTEM cat /etc/passwd
+echo DONE
+"#;
+
+#[test]
+fn in_shared_account_mode_a_users_program_reaches_neither_the_gateway_nor_other_users() {
+    use std::os::linux::net::SocketAddrExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().canonicalize().unwrap();
+    let alice = Keypair::new(&d, "alice_key");
+    let bob = Keypair::new(&d, "bob_key");
+    let abstract_name = format!("hgw-test-{}", std::process::id());
+    let listener = std::os::unix::net::UnixListener::bind_addr(
+        &std::os::unix::net::SocketAddr::from_abstract_name(&abstract_name).unwrap(),
+    )
+    .unwrap();
+    let mark = format!("3000.{}", std::process::id());
+    let script = ATTACKS
+        .replace("{D}", &d.display().to_string())
+        .replace("{PUB}", alice.public_line.trim())
+        .replace("{MARK}", &mark)
+        .replace("{ABSTRACT}", &abstract_name);
+    let session = format!(
+        "[session]\ncommand = [\"/bin/sh\", \"-c\", '''{script}''']\n[audit]\npath = \"audit.log\"\n[recording]\ndir = \"recordings\"\n"
+    );
+    let gw = Gateway::start(&d, &config("", &session));
+    gw.set_keys("alice", &alice.public_line);
+    gw.set_keys("bob", &bob.public_line);
+    assert!(gw.wait_log("users=2", T).is_some(), "{}", gw.log());
+    assert!(gw.log().contains("Landlock sandbox"), "{}", gw.log());
+
+    // Bob's program runs while alice's attacks.
+    let mut bob_session = PtyClient::spawn(&gw.pty_args(&bob), 80, 24);
+    assert!(bob_session.expect("READY", T), "{}", bob_session.output());
+    let out = text(&try_login(&gw, &alice, &["-T", "127.0.0.1"]).stdout);
+    assert!(out.contains("DONE"), "{out}");
+    let result = |name: &str| field(&out, name);
+    for control in ["FOUNDBOB", "PYTHON", "OWN", "SYSTEM"] {
+        assert_eq!(
+            result(control),
+            "ok",
+            "{control} (the sandbox must not block this): {out}"
+        );
+    }
+    for attack in [
+        "APPEND",
+        "NEWUSER",
+        "CONFIG",
+        "HOSTKEY",
+        "STATE",
+        "AUDIT",
+        "RECORDINGS",
+        "BOBHOME",
+        "KILL",
+        "BOBENV",
+        "GWENV",
+        "ADMIN",
+        "ABSTRACT",
+    ] {
+        assert_eq!(result(attack), "denied", "{attack}: {out}");
+    }
+    // The abstract socket saw no connection.
+    listener.set_nonblocking(true).unwrap();
+    assert!(listener.accept().is_err());
+
+    // Nothing changed: bob's key file is bob's, his program still runs, and alice's key is
+    // still not bob.
+    let bob_keys = std::fs::read_to_string(d.join("keys/users/bob.keys")).unwrap();
+    assert_eq!(bob_keys.trim(), bob.public_line.trim());
+    assert!(!d.join("keys/users/mallory.keys").exists());
+    let mut alive = std::process::Command::new("pgrep");
+    alive.args(["-x", "-f", &format!("sleep {mark}")]);
+    assert!(run(alive, T).status.success(), "bob's program was killed");
+    bob_session.send("\x03");
+    assert!(bob_session.wait(T).is_some());
+    let mut as_bob = gw.ssh(&alice);
+    as_bob.args(["-l", "bob", "-T", "127.0.0.1", "whoami"]);
+    let whoami = run(as_bob, T);
+    assert!(
+        !text(&whoami.stdout).contains("bob"),
+        "{}",
+        text(&whoami.stdout)
+    );
+    // Each user got a home of their own, private to them.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(d.join("homes/alice"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+#[test]
+fn without_landlock_shared_account_mode_serves_one_user_only_unless_the_operator_opts_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::create_dir_all(d.join("keys/users")).unwrap();
+    for user in ["alice", "bob"] {
+        let k = Keypair::new(d, user);
+        std::fs::write(d.join(format!("keys/users/{user}.keys")), &k.public_line).unwrap();
+    }
+    let cfg = d.join("gateway.toml");
+    let write = |extra: &str| std::fs::write(&cfg, config("", extra)).unwrap();
+    // This kernel has Landlock; the variable makes the gateway act as on one without.
+    let no_landlock = |args: &[&str]| {
+        let mut c = std::process::Command::new(BIN);
+        c.arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .env("HERMES_GATEWAY_TEST_NO_LANDLOCK", "1");
+        run(c, T)
+    };
+    write("");
+    let out = no_landlock(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no Landlock") && err.contains("isolation = \"none\""),
+        "{err}"
+    );
+    let out = no_landlock(&["check-config"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stdout).contains("no Landlock"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // check-config passes and its output says `said`.
+    let passes_saying = |said: &str| {
+        let out = no_landlock(&["check-config"]);
+        let stdout = text(&out.stdout);
+        assert!(out.status.success() && stdout.contains(said), "{stdout}");
+    };
+    // The operator's explicit choice starts, with a warning saying what it means.
+    write("[session]\nisolation = \"none\"\n");
+    passes_saying("without a sandbox");
+    // One user needs no sandbox to be safe from others.
+    std::fs::remove_file(d.join("keys/users/bob.keys")).unwrap();
+    write("");
+    passes_saying("one user");
+}
+
+#[test]
+fn a_sandbox_path_that_would_reach_the_gateways_files_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().canonicalize().unwrap();
+    std::fs::create_dir_all(d.join("keys/users")).unwrap();
+    let cfg = d.join("gateway.toml");
+    let check = |extra: &str| {
+        std::fs::write(&cfg, config("", extra)).unwrap();
+        let mut c = std::process::Command::new(BIN);
+        c.arg("--config").arg(&cfg).arg("check-config");
+        run(c, T)
+    };
+    // Reading the directory the config lives in.
+    let out = check(&format!(
+        "[session.sandbox]\nread = [\"/usr\", \"{}\"]\n",
+        d.display()
+    ));
+    assert!(!out.status.success());
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("the configuration file") && said.contains("read"),
+        "{said}"
+    );
+    // A per-user directory beside the key files: a user named "keys" would own them.
+    let out = check("[session.sandbox]\nhome = \"{user_id}\"\n");
+    assert!(!out.status.success());
+    assert!(text(&out.stdout).contains("home"), "{}", text(&out.stdout));
+    // The gateway itself refuses to start the same way.
+    std::fs::write(&cfg, config("", "[session.sandbox]\nwrite = [\"keys\"]\n")).unwrap();
+    let mut c = std::process::Command::new(BIN);
+    c.arg("--config").arg(&cfg);
+    let out = run(c, T);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("key files"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -10,6 +10,7 @@ pub mod limits;
 pub mod namespace;
 pub mod oidc;
 pub mod principal;
+pub mod recheck;
 pub mod redis;
 pub mod store;
 pub mod tickets;

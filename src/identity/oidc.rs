@@ -77,9 +77,9 @@ type Metadata = ProviderMetadata<
 >;
 
 /// What discovery found.
-struct Discovered {
+pub(crate) struct Discovered {
     device_endpoint: Option<url::Url>,
-    token_endpoint: Option<url::Url>,
+    pub(crate) token_endpoint: Option<url::Url>,
     userinfo_endpoint: Option<url::Url>,
     authorization_endpoint: url::Url,
     jwks_uri: JsonWebKeySetUrl,
@@ -87,7 +87,7 @@ struct Discovered {
     /// When the keys were last re-fetched for an unknown kid (None: never).
     jwks_fetched: Mutex<Option<Instant>>,
     algs: Vec<CoreJwsSigningAlgorithm>,
-    basic_auth: bool,
+    pub(crate) basic_auth: bool,
 }
 
 /// Why a sign-in did not produce an identity. `Display` is the one line the user sees.
@@ -179,14 +179,26 @@ struct DeviceAuthResponse {
 }
 
 #[derive(Deserialize)]
-struct TokenResponse {
-    id_token: Option<String>,
-    access_token: Option<SecretString>,
+pub(crate) struct TokenResponse {
+    pub(crate) id_token: Option<String>,
+    pub(crate) access_token: Option<SecretString>,
+    /// Present when the IdP granted `offline_access`: what re-checks an enrollment later.
+    #[serde(default)]
+    pub(crate) refresh_token: Option<SecretString>,
+}
+
+/// A device sign-in the identity provider approved.
+#[derive(Debug)]
+pub struct Approved {
+    /// Who signed in.
+    pub identity: Identity,
+    /// The refresh token, when the IdP issued one (`offline_access`).
+    pub refresh_token: Option<SecretString>,
 }
 
 #[derive(Deserialize)]
-struct OAuthError {
-    error: String,
+pub(crate) struct OAuthError {
+    pub(crate) error: String,
     #[serde(default)]
     error_description: Option<String>,
 }
@@ -219,7 +231,7 @@ impl Oidc {
         self.ready.is_cancelled()
     }
 
-    fn current(&self) -> Result<Arc<Discovered>, FlowError> {
+    pub(crate) fn current(&self) -> Result<Arc<Discovered>, FlowError> {
         let guard = self
             .discovered
             .read()
@@ -310,7 +322,7 @@ impl Oidc {
         Ok(self.current()?.authorization_endpoint.clone())
     }
 
-    async fn post_form(
+    pub(crate) async fn post_form(
         &self,
         url: &url::Url,
         basic_auth: bool,
@@ -666,7 +678,7 @@ pub struct DeviceFlow {
 enum Poll {
     Pending,
     SlowDown,
-    Done(Result<Identity, FlowError>),
+    Done(Result<Approved, FlowError>),
     Failed(String),
 }
 
@@ -680,7 +692,7 @@ impl DeviceFlow {
     ///
     /// Waits one interval before each poll (RFC 8628 §3.5), adds 5 s on `slow_down`, and stops
     /// at `expires_in`. Cancel it by dropping the future: nothing is polled after that.
-    pub async fn wait(mut self) -> Result<Identity, FlowError> {
+    pub async fn wait(mut self) -> Result<Approved, FlowError> {
         let mut failures = 0;
         loop {
             let now = Instant::now();
@@ -755,16 +767,19 @@ impl DeviceFlow {
                         .into(),
                 )));
             };
-            return Poll::Done(
-                self.oidc
-                    .identity_from_tokens(
-                        &id_token,
-                        tokens.access_token.as_ref(),
-                        None,
-                        AuthMethod::DeviceFlow,
-                    )
-                    .await,
-            );
+            let identity = self
+                .oidc
+                .identity_from_tokens(
+                    &id_token,
+                    tokens.access_token.as_ref(),
+                    None,
+                    AuthMethod::DeviceFlow,
+                )
+                .await;
+            return Poll::Done(identity.map(|identity| Approved {
+                identity,
+                refresh_token: tokens.refresh_token,
+            }));
         }
         if status.is_server_error() {
             return Poll::Failed(format!("HTTP {status}"));
@@ -811,7 +826,7 @@ fn decode_payload(jwt: &str) -> Result<Map<String, Value>, String> {
     serde_json::from_slice(&bytes).map_err(|e| format!("payload is not a JSON object: {e}"))
 }
 
-fn describe_error(status: reqwest::StatusCode, body: &[u8]) -> String {
+pub(crate) fn describe_error(status: reqwest::StatusCode, body: &[u8]) -> String {
     match serde_json::from_slice::<OAuthError>(body) {
         Ok(e) => match e.error_description {
             Some(d) => format!("{}: {d}", e.error),

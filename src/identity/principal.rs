@@ -98,4 +98,6 @@ pub struct Pending {
     pub remote: Option<IpAddr>,
     /// The slot in the pending limits, released on drop.
     pub permit: PendingPermit,
+    /// Why the proven key's enrollment just ended (the IdP's re-check), to tell the user.
+    pub revoked: Option<String>,
 }

@@ -43,6 +43,35 @@ pub struct Enrollment {
     /// Unix seconds of the last login with the key (updated at most once a minute).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used: Option<u64>,
+    /// The IdP's refresh token (`offline_access`), which re-checks the user at login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<RefreshToken>,
+    /// Unix seconds of the IdP's last word on the user (the sign-in, then each re-check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_at: Option<u64>,
+}
+
+/// A refresh token at rest: stored with the enrollment (mode 0600 file or Redis), never
+/// printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RefreshToken(String);
+
+impl RefreshToken {
+    /// Wraps a token the IdP issued.
+    pub fn new(token: String) -> RefreshToken {
+        RefreshToken(token)
+    }
+    /// The token, for the one request that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RefreshToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefreshToken(…)")
+    }
 }
 
 impl Enrollment {
@@ -56,7 +85,17 @@ impl Enrollment {
             enrolled_at: now,
             expires_at: now.saturating_add(ttl.as_secs()),
             last_used: None,
+            refresh_token: None,
+            checked_at: Some(now),
         }
+    }
+
+    /// Whether the IdP should be asked about the user again: there is a refresh token, and its
+    /// last word is at least `interval` old.
+    pub fn recheck_due(&self, interval: Duration) -> bool {
+        self.refresh_token.is_some()
+            && unix_now().saturating_sub(self.checked_at.unwrap_or(self.enrolled_at))
+                >= interval.as_secs()
     }
 
     /// Whether a login now should be recorded (the last one is over a minute old).

@@ -95,6 +95,8 @@ pub struct Confinement {
     pub cgroup: Option<Arc<CgroupGuard>>,
     /// The limits, for messages.
     pub limits: ResourceLimits,
+    /// The Landlock ruleset the child enforces on itself last.
+    landlock: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
 impl Confinement {
@@ -159,7 +161,18 @@ impl Confinement {
             rlimits,
             cgroup,
             limits: limits.clone(),
+            landlock: None,
         })
+    }
+
+    /// Makes the child enforce `ruleset` (see `launcher::sandbox`) before exec.
+    pub fn sandbox(&mut self, ruleset: std::os::fd::OwnedFd) {
+        self.landlock = Some(Arc::new(ruleset));
+    }
+
+    /// Whether the program runs in a Landlock sandbox.
+    pub fn sandboxed(&self) -> bool {
+        self.landlock.is_some()
     }
 
     /// The account switch to make, as (uid, gid), when there is one.
@@ -173,6 +186,7 @@ impl Confinement {
             switch: self.switch.clone(),
             rlimits: self.rlimits.clone(),
             cgroup: self.cgroup.clone(),
+            landlock: self.landlock.clone(),
         }
     }
 }
@@ -203,6 +217,7 @@ pub struct ChildSetup {
     switch: Option<Switch>,
     rlimits: Vec<(i32, libc::rlimit)>,
     cgroup: Option<Arc<CgroupGuard>>,
+    landlock: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
 impl ChildSetup {
@@ -281,6 +296,11 @@ impl ChildSetup {
                     return Err(io::Error::from_raw_os_error(libc::EPERM));
                 }
             }
+        }
+        // Last, so that everything above still had the file system it needed; enforcing needs
+        // no_new_privs, set above.
+        if let Some(fd) = &self.landlock {
+            super::sandbox::restrict_in_child(fd.as_raw_fd())?;
         }
         Ok(())
     }

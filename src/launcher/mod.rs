@@ -12,6 +12,7 @@ pub mod dirs;
 pub mod env;
 pub mod process;
 pub mod reaper;
+pub mod sandbox;
 mod termios;
 
 use std::path::{Component, Path, PathBuf};
@@ -91,6 +92,8 @@ pub struct LaunchSpec {
     pub accounts: AccountPolicy,
     /// Per-session resource limits.
     pub limits: ResourceLimits,
+    /// The Landlock sandbox, when programs run in one (see [`sandbox::plan`]).
+    pub sandbox: Option<std::sync::Arc<sandbox::Sandbox>>,
 }
 
 impl LaunchSpec {
@@ -114,6 +117,7 @@ impl LaunchSpec {
             account: Account::current(),
             accounts: AccountPolicy::from_config(cfg),
             limits: cfg.limits.clone(),
+            sandbox: None,
         }
     }
 
@@ -180,6 +184,9 @@ pub enum LaunchError {
     /// The session's limits could not be set up.
     #[error("setting up this session's resource limits: {0}")]
     Limits(String),
+    /// The session's sandbox could not be set up (the program is not started without it).
+    #[error("setting up this session's sandbox: {0}")]
+    Sandbox(String),
     /// Anything else (PTY allocation, fork).
     #[error("{0}")]
     Other(String),
@@ -214,20 +221,43 @@ impl LaunchSpec {
         session: &SessionEnv,
         extra_args: &[String],
     ) -> Result<Prepared, LaunchError> {
-        let account = if self.accounts.switches_users() {
+        let uid = identity.user_id.as_str();
+        let switched = self.accounts.switches_users();
+        let mut account = if switched {
             self.accounts.resolve(&identity.user_id)?
         } else {
             self.account.clone()
         };
-        let env = build_env(self, &account, identity, session, |k| std::env::var(k).ok());
-        let uid = identity.user_id.as_str();
+        // The directories that are this user's alone, writable inside the sandbox.
+        let mut own: Vec<PathBuf> = Vec::new();
+        let mut tmpdir = None;
+        if let Some(sb) = &self.sandbox {
+            if switched {
+                own.push(PathBuf::from(&account.home));
+            } else {
+                // One account for everyone: its home would be shared, so each user gets one.
+                let home = expand_path(&sb.home, uid)?;
+                let first = dirs::first_private(&sb.home).unwrap_or(0);
+                let tmp = home.join(".tmp");
+                dirs::ensure(&tmp, first, &account)?;
+                account.home = home.display().to_string();
+                tmpdir = Some(tmp);
+                own.push(home);
+            }
+        }
+        let mut env = build_env(self, &account, identity, session, |k| std::env::var(k).ok());
+        if let Some(tmp) = tmpdir.filter(|_| !env.iter().any(|(k, _)| k == "TMPDIR")) {
+            env.push(("TMPDIR".into(), tmp.display().to_string()));
+        }
         for (_, t) in self
             .env
             .iter()
             .filter(|(_, t)| dirs::is_user_dir_template(t))
         {
             if let Some(first) = dirs::first_private(t) {
-                dirs::ensure(&expand_path(t, uid)?, first, &account)?;
+                let dir = expand_path(t, uid)?;
+                dirs::ensure(&dir, first, &account)?;
+                own.push(dir);
             }
         }
         let path_var = env
@@ -253,6 +283,7 @@ impl LaunchSpec {
                     }
                     Some(first) => dirs::ensure(&dir, first, &account)?,
                 }
+                own.push(dir.clone());
                 dir
             }
             // As sshd does: a home that does not exist (nobody's is /nonexistent) means "/".
@@ -269,8 +300,14 @@ impl LaunchSpec {
         let program = resolve_program(&self.command[0], &path_var, &cwd)?;
         let mut argv = self.command.clone();
         argv.extend(extra_args.iter().cloned());
-        let confinement = Confinement::prepare(&account, &self.limits)
+        let mut confinement = Confinement::prepare(&account, &self.limits)
             .map_err(|e| LaunchError::Limits(e.to_string()))?;
+        if let Some(sb) = &self.sandbox {
+            let ruleset = sb
+                .ruleset(uid, &own, &program)
+                .map_err(|e| LaunchError::Sandbox(e.to_string()))?;
+            confinement.sandbox(ruleset);
+        }
         Ok(Prepared {
             program,
             argv,

@@ -109,13 +109,14 @@ pub enum Event {
         /// Key.
         key: String,
     },
-    /// An enrolled key was revoked by its user (`keys revoke`) or the operator.
+    /// An enrolled key was revoked by its user (`keys revoke`), the operator, or the re-check
+    /// with the identity provider.
     Revoked {
         /// User.
         user: String,
         /// Key.
         key: String,
-        /// `user` or `operator`.
+        /// `user`, `operator` or `identity provider`.
         by: &'static str,
     },
     /// A ticket was minted or consumed.

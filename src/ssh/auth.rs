@@ -13,12 +13,15 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use russh::keys::ssh_key::{HashAlg, PublicKey};
 
 use crate::identity::key_options::{KeyOptions, KeyRefusal};
 use crate::identity::limits::{PendingPermit, PendingSlots};
 use crate::identity::namespace::Namespaces;
+use crate::identity::oidc::Oidc;
+use crate::identity::recheck::{recheck, Recheck};
 use crate::identity::store::EnrollmentStore;
 use crate::identity::{Identity, KeyRegistry, Pending, ProvenKey};
 
@@ -68,6 +71,12 @@ pub struct Authenticator {
     no_pty: bool,
     /// Which ids identity-provider users (and so enrolled keys) may not hold.
     namespaces: Option<Arc<Namespaces>>,
+    /// The IdP and the interval for re-checking enrolled keys' users.
+    recheck: Option<(Arc<Oidc>, Duration)>,
+    /// An enrollment the re-check just ended: (user, key, reason), for the audit log.
+    revoked: Option<(String, String, String)>,
+    /// The same reason, for the sign-in screen that follows.
+    revoked_note: Option<String>,
 }
 
 impl Authenticator {
@@ -89,7 +98,30 @@ impl Authenticator {
             principal: None,
             no_pty: false,
             namespaces: None,
+            recheck: None,
+            revoked: None,
+            revoked_note: None,
         }
+    }
+
+    /// Enrolled keys' users are re-checked with `oidc` when the IdP's last word on them is
+    /// `interval` old (see `identity::recheck`).
+    pub fn with_recheck(mut self, oidc: Arc<Oidc>, interval: Duration) -> Authenticator {
+        self.recheck = Some((oidc, interval));
+        self
+    }
+
+    /// [`Authenticator::with_recheck`] with the context's IdP, when it has one.
+    pub fn with_recheck_from(self, ctx: &super::SshContext) -> Authenticator {
+        match &ctx.oidc {
+            Some(oidc) => self.with_recheck(oidc.clone(), ctx.recheck_interval),
+            None => self,
+        }
+    }
+
+    /// The enrollment a re-check ended during this connection, once: (user, key, reason).
+    pub fn take_revoked(&mut self) -> Option<(String, String, String)> {
+        self.revoked.take()
     }
 
     /// Enrolled keys are checked against `namespaces` as the sign-in that bound them was.
@@ -120,9 +152,10 @@ impl Authenticator {
     /// Who a key belongs to, with what its key-file line allows (`Err`: a mapped key its own
     /// options refuse now; it is never treated as unknown, so it cannot be enrolled either).
     async fn known(
-        &self,
+        &mut self,
         key: &PublicKey,
         fp: &str,
+        proven: bool,
     ) -> Result<Option<(Identity, KeyOptions)>, &'static str> {
         if let Some((user, options)) = self.registry.entry(key) {
             return match options.check(self.remote, crate::identity::store::unix_now() as i64) {
@@ -149,6 +182,19 @@ impl Authenticator {
                     ns.admit(&id)
                         .map_err(|_| "enrolled for an id that now belongs to a key-file user")?;
                 }
+                // Only for a key whose possession is proven: an offered public key (which
+                // anyone may know) must not make the gateway call the IdP.
+                if let Some((oidc, interval)) = self.recheck.as_ref().filter(|_| proven) {
+                    match recheck(oidc, &self.enrollments, fp, &e, *interval).await {
+                        Recheck::Admit => {}
+                        Recheck::Gone => return Ok(None),
+                        Recheck::Revoked { reason } => {
+                            self.revoked_note = Some(reason.clone());
+                            self.revoked = Some((e.user_id.to_string(), fp.to_owned(), reason));
+                            return Ok(None);
+                        }
+                    }
+                }
                 Ok(Some((id, KeyOptions::default())))
             }
             Ok(None) => Ok(None),
@@ -163,12 +209,12 @@ impl Authenticator {
     /// A key was offered without a signature: is it worth the client's signing it?
     /// Known keys are; unknown keys are too when device sign-in is on, so that the client
     /// proves possession and the key can be bound after approval.
-    pub async fn offered(&self, key: &PublicKey) -> Result<(), &'static str> {
+    pub async fn offered(&mut self, key: &PublicKey) -> Result<(), &'static str> {
         if self.done() {
             return Err("already authenticated");
         }
         let fp = fp(key);
-        if self.known(key, &fp).await?.is_some() {
+        if self.known(key, &fp, false).await?.is_some() {
             return Ok(());
         }
         if self.seen_unknown.contains(&fp) {
@@ -187,7 +233,7 @@ impl Authenticator {
             return Decision::Reject("already authenticated");
         }
         let fp = fp(key);
-        match self.known(key, &fp).await {
+        match self.known(key, &fp, true).await {
             Ok(Some((id, options))) => {
                 self.permit = None;
                 self.no_pty = options.no_pty;
@@ -233,6 +279,7 @@ impl Authenticator {
             proven_key: self.proven.clone(),
             remote: self.remote,
             permit,
+            revoked: self.revoked_note.take(),
         }));
         KbdDecision::Accept
     }

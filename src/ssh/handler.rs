@@ -46,7 +46,8 @@ impl ConnectionHandler {
                 ctx.limiter.clone(),
                 remote,
             )
-            .with_namespaces(ctx.namespaces.clone()),
+            .with_namespaces(ctx.namespaces.clone())
+            .with_recheck_from(&ctx),
             ctx,
             user: None,
             span,
@@ -125,7 +126,22 @@ impl russh::server::Handler for ConnectionHandler {
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         let pk: &PublicKey = key.public_key;
-        match self.auth.verified(pk).await {
+        let decision = self.auth.verified(pk).await;
+        if let Some((user, key, reason)) = self.auth.take_revoked() {
+            self.audit_auth(
+                Some(user.clone()),
+                "enrolled-key",
+                Some(key.clone()),
+                false,
+                &reason,
+            );
+            self.ctx.ops.emit(Event::Revoked {
+                user,
+                key,
+                by: "identity provider",
+            });
+        }
+        match decision {
             Decision::Accept(id) => {
                 self.span.record("user", id.user_id.as_str());
                 self.user = Some(id.user_id.to_string());

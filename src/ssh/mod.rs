@@ -65,6 +65,8 @@ pub struct SshContext {
     pub limiter: Option<Arc<dyn crate::identity::limits::PendingSlots>>,
     /// How long a key proven during a sign-in stays bound (zero: never bound).
     pub enroll_ttl: Duration,
+    /// How old the IdP's last word on an enrolled key's user may be before a login asks again.
+    pub recheck_interval: Duration,
     /// A pending connection is closed after this long.
     pub pending_timeout: Duration,
     /// `ssh host link`: tickets and the web front's URL, when the web front runs.

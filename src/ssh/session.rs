@@ -20,7 +20,7 @@ use super::auth::Principal;
 use super::server::{AuthProgress, Stage};
 use super::SshContext;
 use crate::config::ExecPolicy;
-use crate::identity::store::Enrollment;
+use crate::identity::store::{Enrollment, RefreshToken};
 use crate::identity::tickets::Purpose;
 use crate::identity::{AuthMethod, Identity, Pending};
 use crate::launcher::{self, process::Resizer, LaunchError, SessionEnv, TermSize, TerminalModes};
@@ -594,8 +594,9 @@ impl Job {
             Box::new(move || current_size(&resize).unwrap_or(initial))
                 as Box<dyn Fn() -> TermSize + Send>
         });
-        // Say up front which key this sign-in binds, and for how long (`keys` lists it later).
-        let note = pending
+        // Say up front which key this sign-in binds, and for how long (`keys` lists it later),
+        // and why the key no longer logs in by itself when a re-check just ended it.
+        let remembers = pending
             .proven_key
             .as_ref()
             .filter(|_| !self.ctx.enroll_ttl.is_zero())
@@ -608,6 +609,14 @@ impl Job {
                     until.format("%Y-%m-%d")
                 )
             });
+        let revoked = pending
+            .revoked
+            .as_ref()
+            .map(|why| format!("This key's enrollment ended: {why}. Sign in again."));
+        let note = match (revoked, remembers) {
+            (Some(a), Some(b)) => Some(format!("{a}\n{b}")),
+            (a, b) => a.or(b),
+        };
         let io = super::signin::SigninIo {
             writer: &self.writer,
             input: &mut self.input,
@@ -618,10 +627,14 @@ impl Job {
         self.ctx.ops.emit(Event::DeviceFlow { started: true });
         let result = super::signin::run(io, &oidc).await;
         // An IdP user never gets a key-file user's id by choosing a claim value.
-        let result = result.and_then(|id| {
-            self.ctx.namespaces.admit(&id)?;
-            Ok(id)
+        let result = result.and_then(|approved| {
+            self.ctx.namespaces.admit(&approved.identity)?;
+            Ok(approved)
         });
+        let (result, refresh_token) = match result {
+            Ok(a) => (Ok(a.identity), a.refresh_token),
+            Err(e) => (Err(e), None),
+        };
         self.ctx.ops.emit(Event::DeviceFlow { started: false });
         self.ctx.ops.emit(Event::Auth {
             user: result.as_ref().ok().map(|i| i.user_id.to_string()),
@@ -661,7 +674,9 @@ impl Job {
         if let Some(key) = &pending.proven_key {
             identity.key_fingerprint = Some(key.fingerprint.clone());
             if !self.ctx.enroll_ttl.is_zero() {
-                let e = Enrollment::new(&identity, self.ctx.enroll_ttl);
+                let mut e = Enrollment::new(&identity, self.ctx.enroll_ttl);
+                e.refresh_token =
+                    refresh_token.map(|t| RefreshToken::new(t.expose_secret().to_owned()));
                 match self.ctx.enrollments.bind(&key.fingerprint, e).await {
                     Ok(()) => {
                         tracing::info!(user = %identity.user_id, key = %key.fingerprint, ttl = ?self.ctx.enroll_ttl, "key enrolled")

@@ -21,8 +21,7 @@ use russh::ChannelWriteHalf;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::identity::oidc::{Challenge, FlowError, Oidc};
-use crate::identity::Identity;
+use crate::identity::oidc::{Approved, Challenge, FlowError, Oidc};
 use crate::launcher::TermSize;
 use crate::tui::fallback::{ENTER, LEAVE};
 
@@ -224,7 +223,7 @@ pub struct SigninIo<'a> {
 }
 
 /// Runs a device sign-in in this channel. The screen is left before returning.
-pub async fn run(io: SigninIo<'_>, oidc: &Arc<Oidc>) -> Result<Identity, FlowError> {
+pub async fn run(io: SigninIo<'_>, oidc: &Arc<Oidc>) -> Result<Approved, FlowError> {
     let SigninIo {
         writer,
         input,

@@ -35,6 +35,9 @@ fn hint(error: &LaunchError) -> &'static str {
         LaunchError::Limits(_) => {
             "The gateway could not set up resource limits; the operator should check [session.limits] and the gateway's log."
         }
+        LaunchError::Sandbox(_) => {
+            "The gateway could not set up the sandbox your program runs in; the operator should check [session.sandbox] and the gateway's log."
+        }
         LaunchError::Other(_) => "See the gateway's log for details.",
     }
 }

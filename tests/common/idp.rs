@@ -80,12 +80,22 @@ impl Idp {
 
     /// Test controls: `{"slow_down": N}`, `{"token_mode": "foreign_aud"}`, …
     pub fn configure(&self, json: serde_json::Value) {
+        self.control("config", json);
+    }
+
+    /// Changes a user as the IdP's admin would: `{"user": "alice", "groups": [..]}`,
+    /// `{"user": "alice", "disabled": true}`.
+    pub fn change_user(&self, json: serde_json::Value) {
+        self.control("users", json);
+    }
+
+    fn control(&self, what: &str, json: serde_json::Value) {
         let r = reqwest::blocking::Client::new()
-            .post(format!("{}/test/config", self.issuer))
+            .post(format!("{}/test/{what}", self.issuer))
             .body(json.to_string())
             .send()
             .unwrap();
-        assert!(r.status().is_success());
+        assert!(r.status().is_success(), "/test/{what}: {}", r.status());
     }
 
     /// Times (ms since the epoch) of the token requests seen.

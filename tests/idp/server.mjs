@@ -9,6 +9,8 @@
 //        slow_down: answer the next N token requests with `slow_down`
 //        token_mode: rewrite the ID token of the next token responses (to test the gateway's checks)
 //   GET  /test/polls  -> {"count": N, "times": [ms since epoch, ...]} token requests seen
+//   POST /test/users {"user": "alice", "groups": [...], "disabled": true|false}
+//        changes a user as an IdP admin would (a disabled user is unknown to every grant)
 //   GET  /interaction/:uid -> {"uid", "prompt"};  POST /interaction/:uid/login (form: login=alice)
 //        logs the user in and grants the requested scopes (login and consent in one step).
 //
@@ -41,6 +43,7 @@ const USERS = {
 };
 
 const state = { slowDown: 0, tokenMode: 'normal', polls: [] };
+const disabled = new Set();
 
 const { privateKey, publicKey } = await jose.generateKeyPair('RS256', { extractable: true });
 const signingJwk = { ...(await jose.exportJWK(privateKey)), kid: `test-key-${crypto.randomBytes(4).toString('hex')}`, alg: 'RS256', use: 'sig' };
@@ -85,7 +88,7 @@ const provider = new Provider(issuer, {
   conformIdTokenClaims: false,
   ttl: { DeviceCode: DEVICE_TTL, AccessToken: 3600, IdToken: 3600, Interaction: 3600, Session: 3600, Grant: 3600 },
   interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
-  findAccount: (ctx, id) => (USERS[id] ? { accountId: id, claims: () => ({ sub: id, ...USERS[id] }) } : undefined),
+  findAccount: (ctx, id) => (USERS[id] && !disabled.has(id) ? { accountId: id, claims: () => ({ sub: id, ...USERS[id] }) } : undefined),
   pkce: { required: () => false },
   cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
   renderError: (ctx, out) => { ctx.type = 'json'; ctx.body = out; },
@@ -134,6 +137,20 @@ provider.use(async (ctx, next) => {
     const cfg = JSON.parse((await readBody(ctx.req)) || '{}');
     if (cfg.slow_down !== undefined) state.slowDown = Number(cfg.slow_down);
     if (cfg.token_mode !== undefined) state.tokenMode = String(cfg.token_mode);
+    ctx.body = { ok: true };
+    return;
+  }
+  if (ctx.path === '/test/users' && ctx.method === 'POST') {
+    const change = JSON.parse((await readBody(ctx.req)) || '{}');
+    const user = USERS[change.user];
+    if (!user) {
+      ctx.status = 400;
+      ctx.body = { error: 'unknown user' };
+      return;
+    }
+    if (Array.isArray(change.groups)) user.groups = change.groups.map(String);
+    if (change.disabled === true) disabled.add(change.user);
+    if (change.disabled === false) disabled.delete(change.user);
     ctx.body = { ok: true };
     return;
   }
