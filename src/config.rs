@@ -530,8 +530,22 @@ impl Default for SandboxConfig {
             .into_iter()
             .map(t)
             .collect(),
-            // Terminals, /dev/null, /dev/urandom, /dev/shm; device files keep their own modes.
-            write: vec![t("/dev")],
+            // The harmless devices, and /dev/tty and /dev/ptmx for the program's own terminals.
+            // Not /dev/pts: another session's terminal there has the same owner, and reading
+            // it would steal that user's keystrokes (the session's own is added by itself).
+            // Not /dev/shm: it is shared by every program of the account.
+            write: [
+                "/dev/null",
+                "/dev/zero",
+                "/dev/full",
+                "/dev/random",
+                "/dev/urandom",
+                "/dev/tty",
+                "/dev/ptmx",
+            ]
+            .into_iter()
+            .map(t)
+            .collect(),
             home: t("homes/{user_id}"),
         }
     }

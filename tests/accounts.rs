@@ -197,6 +197,15 @@ fn each_user_runs_as_their_own_account_and_cannot_read_the_other() {
             path.display()
         );
     }
+    // The sandbox is a second wall: the config is world-readable here (0644, as the test wrote
+    // it), and still out of reach of a user's account.
+    let config = tmp.path().join("gateway.toml");
+    assert_eq!(mode_of(&config) & 0o004, 0o004);
+    let out = ssh_run(&gw, &alice, &format!("cat {}", config.display()));
+    assert!(
+        text(&out.stderr).contains("Permission denied") && out.stdout.is_empty(),
+        "{out:?}"
+    );
     // whoami names the account too.
     let out = ssh_run(&gw, &alice, "whoami");
     let who: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

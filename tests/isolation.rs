@@ -236,6 +236,9 @@ r PYTHON /usr/bin/python3 -c pass
 r ADMIN /usr/bin/python3 -c "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b'sessions\n'); sys.exit(0 if s.recv(100) else 1)" $D/state/admin.sock
 r ABSTRACT /usr/bin/python3 -c "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(b'\0'+sys.argv[1].encode())" {ABSTRACT}
 r OWN sh -c "echo x > $HOME/f && cat $HOME/f && echo y > $TMPDIR/t"
+r STDOUT sh -c "echo x > /dev/stdout"
+r OWNTTY sh -c "t=\$(tty) && echo x > \$t"
+r PTS sh -c "for t in /dev/pts/[0-9]*; do [ \$t = \"\$(tty)\" ] && continue; true < \$t && exit 0; done; exit 1"
 r SYSTEM cat /etc/passwd
 echo DONE
 "#;
@@ -270,32 +273,37 @@ fn in_shared_account_mode_a_users_program_reaches_neither_the_gateway_nor_other_
     // Bob's program runs while alice's attacks.
     let mut bob_session = PtyClient::spawn(&gw.pty_args(&bob), 80, 24);
     assert!(bob_session.expect("READY", T), "{}", bob_session.output());
-    let out = text(&try_login(&gw, &alice, &["-T", "127.0.0.1"]).stdout);
-    assert!(out.contains("DONE"), "{out}");
-    let result = |name: &str| field(&out, name);
-    for control in ["FOUNDBOB", "PYTHON", "OWN", "SYSTEM"] {
-        assert_eq!(
-            result(control),
-            "ok",
-            "{control} (the sandbox must not block this): {out}"
-        );
-    }
-    for attack in [
-        "APPEND",
-        "NEWUSER",
-        "CONFIG",
-        "HOSTKEY",
-        "STATE",
-        "AUDIT",
-        "RECORDINGS",
-        "BOBHOME",
-        "KILL",
-        "BOBENV",
-        "GWENV",
-        "ADMIN",
-        "ABSTRACT",
-    ] {
-        assert_eq!(result(attack), "denied", "{attack}: {out}");
+    // With pipes, then with a terminal of her own (which she may use, and no other).
+    for (mode, own_tty) in [("-T", "denied"), ("-tt", "ok")] {
+        let out = text(&try_login(&gw, &alice, &[mode, "127.0.0.1"]).stdout);
+        assert!(out.contains("DONE"), "{out}");
+        let result = |name: &str| field(&out, name);
+        for control in ["FOUNDBOB", "PYTHON", "OWN", "SYSTEM", "STDOUT"] {
+            assert_eq!(
+                result(control),
+                "ok",
+                "{control} (the sandbox must not block this) {mode}: {out}"
+            );
+        }
+        assert_eq!(result("OWNTTY"), own_tty, "{mode}: {out}");
+        for attack in [
+            "APPEND",
+            "NEWUSER",
+            "CONFIG",
+            "HOSTKEY",
+            "STATE",
+            "AUDIT",
+            "RECORDINGS",
+            "BOBHOME",
+            "KILL",
+            "BOBENV",
+            "GWENV",
+            "ADMIN",
+            "ABSTRACT",
+            "PTS",
+        ] {
+            assert_eq!(result(attack), "denied", "{attack} {mode}: {out}");
+        }
     }
     // The abstract socket saw no connection.
     listener.set_nonblocking(true).unwrap();

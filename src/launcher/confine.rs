@@ -95,8 +95,19 @@ pub struct Confinement {
     pub cgroup: Option<Arc<CgroupGuard>>,
     /// The limits, for messages.
     pub limits: ResourceLimits,
+    /// The sandbox to build once the program's terminal is known.
+    sandbox: Option<SandboxInputs>,
     /// The Landlock ruleset the child enforces on itself last.
     landlock: Option<Arc<std::os::fd::OwnedFd>>,
+}
+
+/// What a session's Landlock ruleset is made of, besides its terminal.
+#[derive(Debug)]
+struct SandboxInputs {
+    sandbox: Arc<super::sandbox::Sandbox>,
+    user_id: String,
+    own: Vec<std::path::PathBuf>,
+    program: std::path::PathBuf,
 }
 
 impl Confinement {
@@ -161,18 +172,44 @@ impl Confinement {
             rlimits,
             cgroup,
             limits: limits.clone(),
+            sandbox: None,
             landlock: None,
         })
     }
 
-    /// Makes the child enforce `ruleset` (see `launcher::sandbox`) before exec.
-    pub fn sandbox(&mut self, ruleset: std::os::fd::OwnedFd) {
-        self.landlock = Some(Arc::new(ruleset));
+    /// Runs the program in `sandbox` for `user_id`, whose own directories are `own`; the
+    /// ruleset is built by [`Confinement::seal`], and the child refuses to start without it.
+    pub fn sandbox(
+        &mut self,
+        sandbox: Arc<super::sandbox::Sandbox>,
+        user_id: &str,
+        own: Vec<std::path::PathBuf>,
+        program: &std::path::Path,
+    ) {
+        self.sandbox = Some(SandboxInputs {
+            sandbox,
+            user_id: user_id.to_owned(),
+            own,
+            program: program.to_owned(),
+        });
+    }
+
+    /// Builds the sandbox's ruleset, allowing the program its own `terminal` (the PTY slave,
+    /// which it may reopen as /dev/tty or /dev/stdout; other sessions' terminals stay out of
+    /// reach). Blocking.
+    pub fn seal(&mut self, terminal: Option<&std::path::Path>) -> io::Result<()> {
+        if let Some(i) = &self.sandbox {
+            let mut own = i.own.clone();
+            own.extend(terminal.map(|t| t.to_owned()));
+            let fd = i.sandbox.ruleset(&i.user_id, &own, &i.program)?;
+            self.landlock = Some(Arc::new(fd));
+        }
+        Ok(())
     }
 
     /// Whether the program runs in a Landlock sandbox.
     pub fn sandboxed(&self) -> bool {
-        self.landlock.is_some()
+        self.sandbox.is_some()
     }
 
     /// The account switch to make, as (uid, gid), when there is one.
@@ -186,6 +223,7 @@ impl Confinement {
             switch: self.switch.clone(),
             rlimits: self.rlimits.clone(),
             cgroup: self.cgroup.clone(),
+            sandboxed: self.sandbox.is_some(),
             landlock: self.landlock.clone(),
         }
     }
@@ -217,6 +255,7 @@ pub struct ChildSetup {
     switch: Option<Switch>,
     rlimits: Vec<(i32, libc::rlimit)>,
     cgroup: Option<Arc<CgroupGuard>>,
+    sandboxed: bool,
     landlock: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
@@ -299,8 +338,11 @@ impl ChildSetup {
         }
         // Last, so that everything above still had the file system it needed; enforcing needs
         // no_new_privs, set above.
-        if let Some(fd) = &self.landlock {
-            super::sandbox::restrict_in_child(fd.as_raw_fd())?;
+        match &self.landlock {
+            Some(fd) => super::sandbox::restrict_in_child(fd.as_raw_fd())?,
+            // A sandbox was asked for but never built: the program does not start.
+            None if self.sandboxed => return Err(io::Error::from_raw_os_error(libc::EPERM)),
+            None => {}
         }
         Ok(())
     }

@@ -303,10 +303,7 @@ impl LaunchSpec {
         let mut confinement = Confinement::prepare(&account, &self.limits)
             .map_err(|e| LaunchError::Limits(e.to_string()))?;
         if let Some(sb) = &self.sandbox {
-            let ruleset = sb
-                .ruleset(uid, &own, &program)
-                .map_err(|e| LaunchError::Sandbox(e.to_string()))?;
-            confinement.sandbox(ruleset);
+            confinement.sandbox(sb.clone(), uid, own, &program);
         }
         Ok(Prepared {
             program,

@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -340,7 +341,7 @@ impl AsyncWrite for PtyIo {
 }
 
 /// Opens a new PTY pair: the master (ours) and the slave (the program's terminal).
-fn open_pty(size: TermSize) -> Result<(OwnedFd, OwnedFd), LaunchError> {
+fn open_pty(size: TermSize) -> Result<(OwnedFd, OwnedFd, std::ffi::CString), LaunchError> {
     use rustix::fs::{Mode, OFlags};
     use rustix::pty::OpenptFlags;
     let master =
@@ -365,7 +366,7 @@ fn open_pty(size: TermSize) -> Result<(OwnedFd, OwnedFd), LaunchError> {
         },
     )
     .map_err(other("setting the PTY size"))?;
-    Ok((master, slave))
+    Ok((master, slave, name))
 }
 
 /// The command for `prepared`, with the clean environment and, in the child before exec, the
@@ -404,7 +405,13 @@ pub(super) async fn spawn_pty(
     // openpty, fork and exec are blocking system calls: keep them off the async workers.
     let (fd, pid, prepared) =
         tokio::task::spawn_blocking(move || -> Result<(OwnedFd, Pid, Prepared), LaunchError> {
-            let (master, slave) = open_pty(size)?;
+            let mut prepared = prepared;
+            let (master, slave, name) = open_pty(size)?;
+            let terminal = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(name.as_bytes()));
+            prepared
+                .confinement
+                .seal(Some(&terminal))
+                .map_err(|e| LaunchError::Sandbox(e.to_string()))?;
             if let Some((uid, _)) = prepared.confinement.switches_to() {
                 // As sshd does: the terminal belongs to the user it serves, so programs that
                 // reopen it by name (ttyname, pinentry, mesg) can.
@@ -493,8 +500,12 @@ fn classify_spawn_error(prepared: &Prepared, msg: &str) -> LaunchError {
     }
 }
 
-pub(super) fn spawn_pipes(prepared: Prepared) -> Result<Process, LaunchError> {
+pub(super) fn spawn_pipes(mut prepared: Prepared) -> Result<Process, LaunchError> {
     use std::process::Stdio;
+    prepared
+        .confinement
+        .seal(None)
+        .map_err(|e| LaunchError::Sandbox(e.to_string()))?;
     // A session of its own (so also its own process group, which hang-up signals): without
     // one it would share the gateway's controlling terminal, where a program could open
     // /dev/tty and, with TIOCSTI, type into the operator's shell.
