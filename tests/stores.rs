@@ -13,7 +13,9 @@ use hermes_ssh_gateway::identity::limits::{
 use hermes_ssh_gateway::identity::redis::{
     Redis, RedisBans, RedisEnrollments, RedisPending, RedisTickets,
 };
-use hermes_ssh_gateway::identity::store::{Enrollment, EnrollmentStore, FileEnrollmentStore};
+use hermes_ssh_gateway::identity::store::{
+    Enrollment, EnrollmentStore, FileEnrollmentStore, RefreshToken,
+};
 use hermes_ssh_gateway::identity::tickets::{
     MemoryTicketStore, Purpose, TicketRefusal, TicketStore,
 };
@@ -81,7 +83,9 @@ async fn ticket_suite(store: Arc<dyn TicketStore>) {
 }
 
 async fn enrollment_suite(store: Arc<dyn EnrollmentStore>) {
-    let e = Enrollment::new(&alice(), Duration::from_secs(60));
+    // With a refresh token (offline_access), which must come back as it went in.
+    let mut e = Enrollment::new(&alice(), Duration::from_secs(60));
+    e.refresh_token = Some(RefreshToken::new("rt-secret".into()));
     store.bind("SHA256:k1", e.clone()).await.unwrap();
     assert_eq!(store.lookup("SHA256:k1").await.unwrap(), Some(e));
     assert_eq!(store.lookup("SHA256:other").await.unwrap(), None);
