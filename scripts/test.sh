@@ -47,12 +47,14 @@ need ip || apt_install iproute2
 [ -x /usr/bin/python3 ] || apt_install python3
 
 # The real Hermes TUI (tests/hermes.rs): PyPI hermes-agent, pinned, in a virtualenv under
-# target/ (a clean clone installs it once; about 230 MB).
+# target/ (a clean clone installs it once; about 230 MB). Made from Debian's /usr/bin/python3, so
+# that per-user accounts (run_as) can execute it too (a pyenv Python under root's home cannot).
 HERMES_VENV=target/hermes-agent-0.19.0
-if [ ! -x "$HERMES_VENV/bin/hermes" ]; then
+/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
+if [ ! -x "$HERMES_VENV/bin/hermes" ] || ! grep -q '^home = /usr/bin$' "$HERMES_VENV/pyvenv.cfg"; then
   echo "installing hermes-agent 0.19.0 into $HERMES_VENV (PyPI)" >&2
   rm -rf "$HERMES_VENV"
-  python3 -m venv "$HERMES_VENV" 2>/dev/null || { apt_install python3-venv && /usr/bin/python3 -m venv "$HERMES_VENV"; }
+  /usr/bin/python3 -m venv "$HERMES_VENV"
   "$HERMES_VENV/bin/pip" install -q --disable-pip-version-check hermes-agent==0.19.0
 fi
 

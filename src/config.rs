@@ -477,6 +477,12 @@ pub struct SessionConfig {
     pub home_base: PathBuf,
     /// Per-session resource limits.
     pub limits: ResourceLimits,
+    /// Variables set from the verified identity (variable name → `name`, `email` or
+    /// `groups`); absent when the identity has no such detail.
+    pub claims_env: BTreeMap<EnvName, crate::identity::IdentityField>,
+    /// A directory copied into each user's Hermes home on their first session (`.tmpl` files
+    /// with `{user_id}`, `{name}`, `{email}` replaced); existing files are never overwritten.
+    pub home_skeleton: Option<PathBuf>,
     /// How programs are kept apart from the gateway and from each other.
     pub isolation: Isolation,
     /// What a sandboxed program may read and write.
@@ -684,6 +690,8 @@ impl Default for SessionConfig {
             create_accounts: false,
             home_base: PathBuf::from("/home"),
             limits: ResourceLimits::default(),
+            claims_env: BTreeMap::new(),
+            home_skeleton: None,
             isolation: Isolation::default(),
             sandbox: SandboxConfig::default(),
         }
@@ -869,6 +877,19 @@ impl Config {
                 )));
             }
         }
+        for name in self.session.claims_env.keys() {
+            let n = name.as_str();
+            if n == IDENTITY_VAR
+                || self.session.identity_env.contains(name)
+                || self.session.env.contains_key(name)
+                || ["PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "TMPDIR"].contains(&n)
+                || n.starts_with("LD_")
+            {
+                return Err(invalid(format!(
+                    "[session] claims_env: {n} is set by the gateway or [session] already; pick another name (e.g. HERMES_DASHBOARD_USER_NAME)"
+                )));
+            }
+        }
         if self.session.env.keys().any(|k| k.as_str() == IDENTITY_VAR) {
             return Err(invalid(format!(
                 "[session.env] {IDENTITY_VAR}: identity variables are set by the gateway only"
@@ -1020,6 +1041,9 @@ impl Config {
                 *t = Template(base.join(t.as_str()).display().to_string());
             }
         };
+        if let Some(p) = &mut self.session.home_skeleton {
+            abs(p);
+        }
         let sb = &mut self.session.sandbox;
         sb.read.iter_mut().for_each(abs_template);
         sb.write.iter_mut().for_each(abs_template);

@@ -23,7 +23,7 @@ use hermes_ssh_gateway::identity::redis::{
 use hermes_ssh_gateway::identity::store::{EnrollmentStore, FileEnrollmentStore};
 use hermes_ssh_gateway::identity::tickets::{MemoryTicketStore, TicketStore};
 use hermes_ssh_gateway::identity::{KeyRegistry, UserId};
-use hermes_ssh_gateway::launcher::{sandbox, LaunchSpec};
+use hermes_ssh_gateway::launcher::{sandbox, skeleton, LaunchSpec};
 use hermes_ssh_gateway::ops::{admin, metrics, AuditLog, Ops, Shutdown};
 use hermes_ssh_gateway::ssh::{
     hostkey, ConnectionLimits, SessionLimits, SshContext, SshServer, SshSettings, WebLink,
@@ -234,6 +234,15 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
         {
             println!("warning: run as this user, serve would refuse to start: {e}");
         }
+    }
+    if let Some(p) = config
+        .session
+        .home_skeleton
+        .as_deref()
+        .and_then(skeleton::problem)
+    {
+        println!("error: {p}");
+        anyhow::bail!("serve would refuse to start with this configuration");
     }
     match sandbox_plan(&config, path) {
         Ok(plan) => {
@@ -635,6 +644,14 @@ fn sandbox_plan(
 
 /// The launch settings, with the sandbox the plan decided on (logged).
 fn launch_spec(config: &Config, config_path: &std::path::Path) -> anyhow::Result<LaunchSpec> {
+    if let Some(p) = config
+        .session
+        .home_skeleton
+        .as_deref()
+        .and_then(skeleton::problem)
+    {
+        anyhow::bail!("{p}");
+    }
     let plan = sandbox_plan(config, config_path)?;
     for w in &plan.warnings {
         tracing::warn!("{w}");

@@ -162,6 +162,15 @@ fn the_shipped_config_runs_as_is() {
     let shipped =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml")).unwrap();
     std::fs::write(tmp.path().join("gateway.toml"), &shipped).unwrap();
+    // The Hermes skeleton it names comes with the clone.
+    let skeleton = tmp.path().join("integrations/hermes/skeleton");
+    copy_dir(
+        std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/integrations/hermes/skeleton"
+        )),
+        &skeleton,
+    );
     let mut child = Command::new(BIN)
         .arg("--config")
         .arg(tmp.path().join("gateway.toml"))
@@ -177,6 +186,19 @@ fn the_shipped_config_runs_as_is() {
     let _ = child.wait();
     assert!(up, "listening on 127.0.0.1:2222 with a generated host key");
     assert!(tmp.path().join("keys/users").is_dir());
+
+    // Without the skeleton it names, it refuses to start and says which path.
+    std::fs::remove_dir_all(tmp.path().join("integrations")).unwrap();
+    let mut c = Command::new(BIN);
+    c.arg("--config").arg(tmp.path().join("gateway.toml"));
+    let out = run(c, T);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("home_skeleton")
+            && text(&out.stderr).contains("integrations/hermes/skeleton"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

@@ -426,3 +426,56 @@ fn a_sandbox_path_that_would_reach_the_gateways_files_is_refused() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn the_home_skeleton_fills_templates_safely_and_never_follows_a_planted_symlink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().canonicalize().unwrap();
+    let skel = d.join("skel");
+    std::fs::create_dir_all(skel.join("plugins/p")).unwrap();
+    std::fs::write(skel.join("config.yaml"), "plugins: {}\n").unwrap();
+    std::fs::write(skel.join("plugins/p/plugin.yaml"), "name: p\n").unwrap();
+    std::fs::write(
+        skel.join("who.json.tmpl"),
+        "{\"id\": \"{user_id}\", \"name\": \"{name}\", \"email\": \"{email}\"}\n",
+    )
+    .unwrap();
+    let session = format!(
+        "[session]\ncommand = [\"/bin/sh\", \"-c\", \"echo NAME=[$HERMES_DASHBOARD_USER_NAME] EMAIL=[$HERMES_DASHBOARD_USER_EMAIL]\"]\nclaims_env = {{ HERMES_DASHBOARD_USER_NAME = \"name\", HERMES_DASHBOARD_USER_EMAIL = \"email\" }}\nhome_skeleton = \"{}\"\naccept_env = [\"LANG\"]\n",
+        skel.display()
+    );
+    let gw = Gateway::start(&d, &config("", &session));
+    let alice = Keypair::new(&d, "alice_key");
+    let bob = Keypair::new(&d, "bob_key");
+    // A name with quotes: the JSON template must stay JSON.
+    gw.set_keys(
+        "alice",
+        &format!("# name: Al \"Q\" Ice\n{}", alice.public_line),
+    );
+    gw.set_keys("bob", &bob.public_line);
+    assert!(gw.wait_log("users=2", T).is_some());
+
+    let out = text(&try_login(&gw, &alice, &["-T", "127.0.0.1"]).stdout);
+    // From the key file; no email known, so none (not an empty one from anywhere else).
+    assert!(out.contains("NAME=[Al \"Q\" Ice] EMAIL=[]"), "{out}");
+    let home = d.join("homes/alice/.hermes");
+    let who: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(home.join("who.json")).unwrap()).unwrap();
+    assert_eq!(who["id"], "alice");
+    assert_eq!(who["name"], "Al \"Q\" Ice");
+    assert!(home.join("plugins/p/plugin.yaml").exists());
+    assert!(!home.join("who.json.tmpl").exists());
+
+    // Bob's Hermes home is a symlink he planted towards somewhere else: nothing is copied there,
+    // and his program does not start on a half-made home.
+    let elsewhere = d.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::create_dir_all(d.join("homes/bob")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, d.join("homes/bob/.hermes")).unwrap();
+    let out = try_login(&gw, &bob, &["-T", "127.0.0.1"]);
+    assert!(!text(&out.stdout).contains("NAME="), "{out:?}");
+    assert!(
+        std::fs::read_dir(&elsewhere).unwrap().next().is_none(),
+        "the copy followed the symlink"
+    );
+}

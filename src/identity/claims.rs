@@ -27,7 +27,7 @@ pub struct ClaimPolicy {
 pub struct Mapped {
     /// The user id.
     pub user_id: UserId,
-    /// `email`, when present.
+    /// `email`, when present and verified.
     pub email: Option<String>,
     /// `name` (or `preferred_username`), when present.
     pub display_name: Option<String>,
@@ -126,6 +126,8 @@ impl ClaimPolicy {
             Some(Value::String(s)) => vec![s.clone()],
             _ => Vec::new(),
         };
+        // From here on the email is what the program may be told: only a verified one.
+        let email = email.filter(|_| email_verified);
         if !self.allowed_groups.is_empty()
             && !groups.iter().any(|g| self.allowed_groups.contains(g))
         {

@@ -43,6 +43,8 @@ impl std::fmt::Display for KeyProblem {
 pub struct KeySnapshot {
     by_fingerprint: HashMap<Fingerprint, (UserId, KeyOptions)>,
     users: BTreeSet<UserId>,
+    /// `# name:` and `# email:` lines of each user's file.
+    profiles: HashMap<UserId, KeyProfile>,
     /// Everything that was skipped, in file order.
     pub problems: Vec<KeyProblem>,
 }
@@ -103,6 +105,9 @@ impl KeySnapshot {
                 }
             };
             snap.users.insert(user.clone());
+            if let Some(profile) = KeyProfile::parse(&text) {
+                snap.profiles.insert(user.clone(), profile);
+            }
             for (idx, line) in text.lines().enumerate() {
                 let location = format!("{}:{}", path.display(), idx + 1);
                 let (key, options) = match parse_key_entry(line) {
@@ -173,6 +178,45 @@ impl KeySnapshot {
     /// How many users have a key file.
     pub fn user_count(&self) -> usize {
         self.users.len()
+    }
+
+    /// What `user`'s key file says about them.
+    pub fn profile(&self, user: &UserId) -> Option<&KeyProfile> {
+        self.profiles.get(user)
+    }
+}
+
+/// What a key file says about its user, in comment lines of its own (`# name: Alice Liddell`,
+/// `# email: alice@example.com`): the operator vouches for it, as for the keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyProfile {
+    /// `# name:`.
+    pub name: Option<String>,
+    /// `# email:`.
+    pub email: Option<String>,
+}
+
+impl KeyProfile {
+    fn parse(text: &str) -> Option<KeyProfile> {
+        let mut p = KeyProfile::default();
+        for line in text.lines() {
+            let Some(comment) = line.trim().strip_prefix('#') else {
+                continue;
+            };
+            let Some((key, value)) = comment.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            if value.is_empty() || value.chars().any(char::is_control) {
+                continue;
+            }
+            match key.trim().to_ascii_lowercase().as_str() {
+                "name" => p.name = Some(value.to_owned()),
+                "email" => p.email = Some(value.to_owned()),
+                _ => {}
+            }
+        }
+        (p != KeyProfile::default()).then_some(p)
     }
 }
 
@@ -263,6 +307,11 @@ impl KeyRegistry {
     /// The user a key is mapped to, right now.
     pub fn lookup(&self, key: &PublicKey) -> Option<UserId> {
         self.snapshot().lookup(key).cloned()
+    }
+
+    /// What `user`'s key file says about them, right now.
+    pub fn profile(&self, user: &UserId) -> Option<KeyProfile> {
+        self.snapshot().profile(user).cloned()
     }
 
     /// The user a key is mapped to and its line's options, right now.

@@ -17,5 +17,5 @@ pub mod tickets;
 pub mod user_id;
 
 pub use keys::KeyRegistry;
-pub use principal::{AuthMethod, Identity, Pending, ProvenKey};
+pub use principal::{AuthMethod, Identity, IdentityField, Pending, ProvenKey};
 pub use user_id::{InvalidUserId, UserId};

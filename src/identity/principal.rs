@@ -55,10 +55,10 @@ pub struct Identity {
     /// SHA-256 fingerprint of the key used or bound, when there is one (`SHA256:…`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_fingerprint: Option<String>,
-    /// Email from the IdP.
+    /// Email: verified by the IdP, or from the user's key file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
-    /// Display name from the IdP.
+    /// Display name from the IdP, or from the user's key file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
     /// Groups from the IdP.
@@ -66,7 +66,28 @@ pub struct Identity {
     pub groups: Vec<String>,
 }
 
+/// A detail of an identity that `[session] claims_env` can hand to the program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityField {
+    /// The display name (`name` claim, else `preferred_username`; `# name:` in a key file).
+    Name,
+    /// The email, only when verified (`email` with `email_verified`; `# email:` in a key file).
+    Email,
+    /// The groups claim, comma-separated.
+    Groups,
+}
+
 impl Identity {
+    /// The value of `field`, when the identity has one.
+    pub fn field(&self, field: IdentityField) -> Option<String> {
+        match field {
+            IdentityField::Name => self.display_name.clone(),
+            IdentityField::Email => self.email.clone(),
+            IdentityField::Groups => (!self.groups.is_empty()).then(|| self.groups.join(",")),
+        }
+    }
+
     /// An identity proven by a mapped public key.
     pub fn from_mapped_key(user_id: UserId, fingerprint: String) -> Identity {
         Identity {

@@ -36,6 +36,9 @@ pub struct Enrollment {
     /// Email at enrollment time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    /// Display name at enrollment time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
     /// Unix seconds.
     pub enrolled_at: u64,
     /// Unix seconds after which the binding is void.
@@ -82,6 +85,7 @@ impl Enrollment {
             user_id: identity.user_id.clone(),
             provider: identity.provider.clone(),
             email: identity.email.clone(),
+            display_name: identity.display_name.clone(),
             enrolled_at: now,
             expires_at: now.saturating_add(ttl.as_secs()),
             last_used: None,
@@ -117,7 +121,7 @@ impl Enrollment {
             method: AuthMethod::EnrolledKey,
             key_fingerprint: Some(fingerprint.to_owned()),
             email: self.email.clone(),
-            display_name: None,
+            display_name: self.display_name.clone(),
             groups: Vec::new(),
         }
     }

@@ -65,10 +65,20 @@ pub fn build_env(
     for (k, template) in &spec.env {
         set(k, template.expand(uid));
     }
+    // Verified details only, and nothing at all when the identity lacks one: an empty value
+    // would read as "known to be empty".
+    let mut unknown = Vec::new();
+    for (k, field) in &spec.claims_env {
+        match identity.field(*field) {
+            Some(v) if !v.contains('\0') => set(k, v),
+            _ => unknown.push(k),
+        }
+    }
     set(IDENTITY_VAR, uid.to_owned());
     for name in &spec.identity_env {
         set(name, uid.to_owned());
     }
+    env.retain(|(name, _)| !unknown.contains(&name));
     env
 }
 
@@ -133,5 +143,34 @@ mod tests {
         dedup.sort();
         dedup.dedup();
         assert_eq!(names.len(), dedup.len(), "no duplicate names: {names:?}");
+    }
+
+    #[test]
+    fn claims_reach_the_program_only_from_the_identity() {
+        let spec = spec(
+            r#"[session]
+accept_env=["U_*"]
+claims_env={ U_NAME = "name", U_EMAIL = "email", U_GROUPS = "groups" }
+"#,
+        );
+        let mut id = Identity::from_mapped_key(UserId::parse("alice").unwrap(), "SHA256:x".into());
+        id.display_name = Some("Alice Liddell".into());
+        // A client may not set them, known or not (pass_env or accept_env cannot either).
+        let session = SessionEnv {
+            term: None,
+            client: vec![
+                ("U_NAME".into(), "Mallory".into()),
+                ("U_EMAIL".into(), "mallory@evil.example".into()),
+            ],
+        };
+        let env = build_env(&spec, &account(), &id, &session, |_| None);
+        assert_eq!(get(&env, "U_NAME"), Some("Alice Liddell"));
+        assert_eq!(
+            get(&env, "U_EMAIL"),
+            None,
+            "no email known: absent, not the client's"
+        );
+        assert_eq!(get(&env, "U_GROUPS"), None);
+        assert!(spec.is_reserved("U_EMAIL"));
     }
 }

@@ -13,6 +13,7 @@ pub mod env;
 pub mod process;
 pub mod reaper;
 pub mod sandbox;
+pub mod skeleton;
 mod termios;
 
 use std::path::{Component, Path, PathBuf};
@@ -94,6 +95,10 @@ pub struct LaunchSpec {
     pub limits: ResourceLimits,
     /// The Landlock sandbox, when programs run in one (see [`sandbox::plan`]).
     pub sandbox: Option<std::sync::Arc<sandbox::Sandbox>>,
+    /// `[session] claims_env`: variables from the verified identity.
+    pub claims_env: Vec<(String, crate::identity::IdentityField)>,
+    /// `[session] home_skeleton`: copied into each user's Hermes home once.
+    pub home_skeleton: Option<PathBuf>,
 }
 
 impl LaunchSpec {
@@ -118,6 +123,12 @@ impl LaunchSpec {
             accounts: AccountPolicy::from_config(cfg),
             limits: cfg.limits.clone(),
             sandbox: None,
+            claims_env: cfg
+                .claims_env
+                .iter()
+                .map(|(k, f)| (k.as_str().to_owned(), *f))
+                .collect(),
+            home_skeleton: cfg.home_skeleton.clone(),
         }
     }
 
@@ -148,6 +159,7 @@ impl LaunchSpec {
             || name.starts_with("LD_")
             || self.identity_env.iter().any(|n| n == name)
             || self.env.iter().any(|(n, _)| n == name)
+            || self.claims_env.iter().any(|(n, _)| n == name)
     }
 }
 
@@ -259,6 +271,9 @@ impl LaunchSpec {
                 dirs::ensure(&dir, first, &account)?;
                 own.push(dir);
             }
+        }
+        if let Some(skeleton) = &self.home_skeleton {
+            skeleton::apply(skeleton, &env, &account, identity)?;
         }
         let path_var = env
             .iter()

@@ -159,10 +159,14 @@ impl Authenticator {
     ) -> Result<Option<(Identity, KeyOptions)>, &'static str> {
         if let Some((user, options)) = self.registry.entry(key) {
             return match options.check(self.remote, crate::identity::store::unix_now() as i64) {
-                Ok(()) => Ok(Some((
-                    Identity::from_mapped_key(user, fp.to_owned()),
-                    options,
-                ))),
+                Ok(()) => {
+                    let mut id = Identity::from_mapped_key(user, fp.to_owned());
+                    if let Some(p) = self.registry.profile(&id.user_id) {
+                        id.display_name = p.name;
+                        id.email = p.email;
+                    }
+                    Ok(Some((id, options)))
+                }
                 Err(KeyRefusal::Address(_)) => {
                     Err("key is not allowed from this address (from= in its key file)")
                 }

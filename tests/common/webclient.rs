@@ -91,6 +91,15 @@ impl Web {
     /// `extra_session` goes into `[session]` (after the command), `extra_web` into `[web]`;
     /// the gateway runs through `wrapper` when it is not empty (e.g. `prlimit …`).
     pub fn start(extra_session: &str, extra_web: &str, wrapper: &[&str]) -> Web {
+        Self::start_with(
+            &format!("[session]\ncommand = [\"/bin/sh\"]\n{extra_session}"),
+            extra_web,
+            wrapper,
+        )
+    }
+
+    /// Like [`Web::start`], with a whole `[session]` section of the caller's.
+    pub fn start_with(session: &str, extra_web: &str, wrapper: &[&str]) -> Web {
         let tmp = tempfile::tempdir().unwrap();
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
@@ -98,7 +107,7 @@ impl Web {
         let cfg = config(
             "",
             &format!(
-                "[session]\ncommand = [\"/bin/sh\"]\n{extra_session}\n[web]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{url}\"\n{extra_web}\n{}",
+                "{session}\n[web]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{url}\"\n{extra_web}\n{}",
                 oidc_section(&idp.issuer, "")
             ),
         );
