@@ -20,14 +20,24 @@ const T: Duration = Duration::from_secs(60);
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
-fn hermes() -> PathBuf {
-    let bin = Path::new(REPO).join("target/hermes-agent-0.19.0/bin/hermes");
-    assert!(
-        bin.exists(),
-        "{} is missing: ./scripts/test.sh installs hermes-agent 0.19.0 there",
-        bin.display()
-    );
-    bin
+/// The installed Hermes, or `None` (the test then says why and skips) only when
+/// scripts/test.sh found PyPI unreachable.
+fn hermes() -> Option<PathBuf> {
+    let venv = Path::new(REPO).join("target/hermes-agent-0.19.0");
+    let bin = venv.join("bin/hermes");
+    if bin.exists() {
+        return Some(bin);
+    }
+    let why =
+        std::fs::read_to_string(Path::new(REPO).join("target/hermes-agent-0.19.0.unavailable"))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} is missing: ./scripts/test.sh installs hermes-agent 0.19.0 there",
+                    bin.display()
+                )
+            });
+    eprintln!("SKIPPED: the real Hermes is not installed: {}", why.trim());
+    None
 }
 
 /// The model stand-in (see the module documentation).
@@ -89,10 +99,10 @@ fn skeleton(dir: &Path, stub: &Stub) -> PathBuf {
 }
 
 /// `[session]` for Hermes with the identity details and the skeleton.
-fn hermes_session(skeleton: &Path, extra: &str) -> String {
+fn hermes_session(hermes: &Path, skeleton: &Path, extra: &str) -> String {
     format!(
         "[session]\ncommand = [\"{}\", \"--tui\"]\nclaims_env = {{ HERMES_DASHBOARD_USER_NAME = \"name\", HERMES_DASHBOARD_USER_EMAIL = \"email\" }}\nhome_skeleton = \"{}\"\n{extra}[session.env]\nHERMES_DISABLE_LAZY_INSTALLS = \"1\"\n",
-        hermes().display(),
+        hermes.display(),
         skeleton.display()
     )
 }
@@ -134,11 +144,12 @@ fn ssh_ask(gw: &Gateway, key: &Keypair, question: &str) {
 
 #[test]
 fn the_agent_is_told_who_is_typing_and_each_users_conversation_stays_theirs() {
+    let Some(hermes) = hermes() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().canonicalize().unwrap();
     let stub = Stub::start();
     let skel = skeleton(&d, &stub);
-    let gw = Gateway::start(&d, &config("", &hermes_session(&skel, "")));
+    let gw = Gateway::start(&d, &config("", &hermes_session(&hermes, &skel, "")));
     let alice = Keypair::new(&d, "alice_key");
     let bob = Keypair::new(&d, "bob_key");
     // A key user's name and email come from their key file (the operator vouches for them).
@@ -196,10 +207,11 @@ fn the_agent_is_told_who_is_typing_and_each_users_conversation_stays_theirs() {
 
 #[test]
 fn through_the_web_front_the_agent_is_told_the_same() {
+    let Some(hermes) = hermes() else { return };
     let stub = Stub::start();
     let skel_dir = tempfile::tempdir().unwrap();
     let skel = skeleton(skel_dir.path(), &stub);
-    let web = Web::start_with(&hermes_session(&skel, ""), "", &[]);
+    let web = Web::start_with(&hermes_session(&hermes, &skel, ""), "", &[]);
     let (d, url) = (web.tmp.path().canonicalize().unwrap(), web.url.clone());
 
     let browser = browser_login(&url, "alice");
@@ -229,6 +241,7 @@ fn through_the_web_front_the_agent_is_told_the_same() {
 
 #[test]
 fn with_per_user_accounts_each_users_hermes_runs_as_them() {
+    let Some(hermes) = hermes() else { return };
     let acc = Accounts::new("h");
     let tmp = tempfile::tempdir().unwrap();
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
@@ -243,7 +256,7 @@ fn with_per_user_accounts_each_users_hermes_runs_as_them() {
         acc.prefix,
         d.join("homes").display()
     );
-    let gw = Gateway::start(&d, &config("", &hermes_session(&skel, &run_as)));
+    let gw = Gateway::start(&d, &config("", &hermes_session(&hermes, &skel, &run_as)));
     let alice = Keypair::new(&d, "alice_key");
     gw.set_keys("alice", &alice.public_line);
     assert!(gw.wait_log("users=1", T).is_some());
@@ -268,6 +281,7 @@ fn with_per_user_accounts_each_users_hermes_runs_as_them() {
 
 #[test]
 fn the_real_hermes_runs_in_the_sandbox_and_its_shell_cannot_read_the_gateways_secrets() {
+    let Some(hermes) = hermes() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().canonicalize().unwrap();
     let key = Keypair::new(&d, "alice_key");
@@ -282,7 +296,7 @@ fn the_real_hermes_runs_in_the_sandbox_and_its_shell_cannot_read_the_gateways_se
     .unwrap();
     let session = format!(
         "[session]\ncommand = [\"{}\", \"--tui\"]\n[session.env]\nHERMES_DISABLE_LAZY_INSTALLS = \"1\"\n",
-        hermes().display()
+        hermes.display()
     );
     let gw = Gateway::start(&d, &config("", &session));
     gw.set_keys("alice", &key.public_line);
