@@ -738,3 +738,37 @@ fn enrolled_keys_are_rechecked_with_the_idp_and_end_when_it_no_longer_vouches() 
     assert!(text(&out.stdout).contains("enrolled-key"), "{out:?}");
     assert!(gw.log().contains("cannot re-check"), "{}", gw.log());
 }
+
+#[test]
+fn identity_details_reach_the_program_only_when_the_idp_verified_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let idp = Idp::start(&[("INTERVAL", "1")]);
+    let program = "[session]\ncommand = [\"/bin/sh\", \"-c\", \"echo PROGRAM-STARTED NAME=[$HERMES_DASHBOARD_USER_NAME] EMAIL=[$HERMES_DASHBOARD_USER_EMAIL] GROUPS=[$G]; sleep 1\"]\nclaims_env = { HERMES_DASHBOARD_USER_NAME = \"name\", HERMES_DASHBOARD_USER_EMAIL = \"email\", G = \"groups\" }\n";
+    let gw = Gateway::start(
+        tmp.path(),
+        &config("", &format!("{program}{}", oidc_section(&idp.issuer, ""))),
+    );
+    assert!(gw.wait_log("identity provider discovered", T).is_some());
+    let s = Setup { tmp, idp, gw };
+    let sign_in = |user: &str| {
+        let key = Keypair::new(s.tmp.path(), user);
+        let (mut c, uri) = begin(&s, &key, &[]);
+        s.idp.approve(&uri, user);
+        assert!(c.expect("PROGRAM-STARTED", T), "{}", c.output());
+        let out = c.output();
+        let _ = c.wait(T);
+        out
+    };
+    let alice = sign_in("alice");
+    assert!(
+        alice
+            .contains("NAME=[Alice Example] EMAIL=[alice@example.com] GROUPS=[hermes-users,staff]"),
+        "{alice}"
+    );
+    // carol's email is not verified at the IdP: the program is not told it.
+    let carol = sign_in("carol");
+    assert!(
+        carol.contains("NAME=[Carol Unverified] EMAIL=[] GROUPS=[hermes-users]"),
+        "{carol}"
+    );
+}
