@@ -485,6 +485,8 @@ def run(tmp, q, results):
 
     gw, gport = gateway("gw")
     gw_nosb, nport = gateway("gw-nosandbox", 'isolation = "none"\n')
+    # And one whose sessions outlive their clients (a terminal model parses all output).
+    gw_det, dport = gateway("gw-detach", 'detach_timeout = "30m"\n')
 
     # A private sshd: its own host key, publickey only, no PAM, the same program through /bin/sh.
     sdir = os.path.join(tmp, "sshd")
@@ -504,6 +506,7 @@ def run(tmp, q, results):
     sshd = start([SSHD, "-D", "-f", os.path.join(sdir, "sshd_config")])
     wait_port(gport)
     wait_port(nport)
+    wait_port(dport)
     wait_port(sport)
 
     g = Target("gateway", gport, lambda: [gw.pid])
@@ -511,6 +514,7 @@ def run(tmp, q, results):
     s25519 = Target("sshd-curve25519", sport, lambda: [sshd.pid], ["-o", "KexAlgorithms=curve25519-sha256"])
     g25519 = Target("gateway", gport, lambda: [gw.pid], ["-o", "KexAlgorithms=curve25519-sha256"])
     gnosb = Target("gateway, no sandbox", nport, lambda: [gw_nosb.pid], ["-o", "KexAlgorithms=curve25519-sha256"])
+    gdet = Target("gateway, detach on", dport, lambda: [gw_det.pid])
     m = results["metrics"]
 
     def record(name, unit, values, better):
@@ -522,7 +526,7 @@ def run(tmp, q, results):
     if want("connect"):
         measure_connect(g25519, gnosb, s, s25519, key, n, record)
     if want("pty"):
-        measure_pty(g, s, key, q, record)
+        measure_pty(g, gdet, s, key, q, record)
     if want("channel"):
         measure_channel(g, s, key, q, record)
     if want("echo"):
@@ -563,12 +567,14 @@ def measure_connect(g25519, gnosb, s, s25519, key, n, record):
     record("connect + auth + true", "ms", {k: summarize(v) for k, v in lat.items()}, "lower")
 
 
-def measure_pty(g, s, key, q, record):
+def measure_pty(g, gdet, s, key, q, record):
     mb = 20 if q else 200
     reps = REPS or (1 if q else 3)
-    thr = {"gateway": [], "sshd": [], "kernel PTY (script)": [], "script piped into sshd's ssh -T": []}
+    thr = {"gateway": [], "gateway, detach on": [], "sshd": [], "kernel PTY (script)": [],
+           "script piped into sshd's ssh -T": []}
     for _ in range(reps):
         thr["gateway"].append(quiet("pty", lambda: pty_throughput(g, key, mb)))
+        thr["gateway, detach on"].append(quiet("pty", lambda: pty_throughput(gdet, key, mb)))
         thr["sshd"].append(quiet("pty", lambda: pty_throughput(s, key, mb)))
         thr["kernel PTY (script)"].append(quiet("pty", lambda: kernel_pty(mb)))
         thr["script piped into sshd's ssh -T"].append(quiet("pty", lambda: pty_then_ssh(s, key, mb)))

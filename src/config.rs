@@ -93,6 +93,8 @@ pub struct LimitsConfig {
     /// Most session channels open at once on one SSH connection (sshd's MaxSessions); a
     /// connection still signing in may open one.
     pub max_channels_per_connection: usize,
+    /// Detached sessions a user may have; beyond it the longest-detached end.
+    pub max_detached_per_user: usize,
     /// IPv6 clients are counted by network for per-address limits and bans: addresses that
     /// share this many leading bits count as one (a host usually gets a whole /64).
     pub ipv6_prefix: u8,
@@ -109,6 +111,7 @@ impl Default for LimitsConfig {
             ban_duration: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(10),
             max_channels_per_connection: 10,
+            max_detached_per_user: 3,
             ipv6_prefix: 64,
         }
     }
@@ -483,6 +486,12 @@ pub struct SessionConfig {
     /// A directory copied into each user's Hermes home on their first session (`.tmpl` files
     /// with `{user_id}`, `{name}`, `{email}` replaced); existing files are never overwritten.
     pub home_skeleton: Option<PathBuf>,
+    /// A PTY session whose last client left keeps running this long, waiting for its user to
+    /// come back ("0s": it ends with its client).
+    #[serde(with = "humantime_serde")]
+    pub detach_timeout: Duration,
+    /// Lines of scrollback the gateway keeps per session (for reattaching).
+    pub scrollback: usize,
     /// How programs are kept apart from the gateway and from each other.
     pub isolation: Isolation,
     /// What a sandboxed program may read and write.
@@ -692,6 +701,8 @@ impl Default for SessionConfig {
             limits: ResourceLimits::default(),
             claims_env: BTreeMap::new(),
             home_skeleton: None,
+            detach_timeout: Duration::ZERO,
+            scrollback: 1000,
             isolation: Isolation::default(),
             sandbox: SandboxConfig::default(),
         }

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod launcher;
 pub mod ops;
 pub mod periodic;
+pub mod sessions;
 pub mod ssh;
 pub mod tui;
 pub mod web;

@@ -520,6 +520,12 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         limiter,
         enroll_ttl,
         recheck_interval,
+        hub: Arc::new(hermes_ssh_gateway::sessions::Hub::default()),
+        detach: hermes_ssh_gateway::sessions::DetachPolicy {
+            timeout: config.session.detach_timeout,
+            scrollback: config.session.scrollback,
+            max_per_user: config.limits.max_detached_per_user,
+        },
         pending_timeout,
         web_link,
     };

@@ -115,6 +115,11 @@ pub struct ProcessIo {
 pub struct Resizer(Arc<AsyncFd<OwnedFd>>);
 
 impl Resizer {
+    /// Another writer into the program's terminal, for a client that attaches later.
+    pub fn writer(&self) -> Box<dyn AsyncWrite + Send + Unpin> {
+        Box::new(PtyIo(self.0.clone()))
+    }
+
     /// Sets the window size; the kernel sends SIGWINCH to the foreground process group.
     pub fn resize(&self, size: TermSize) -> io::Result<()> {
         rustix::termios::tcsetwinsize(

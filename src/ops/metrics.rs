@@ -207,7 +207,10 @@ impl Metrics {
                     self.device_flows.dec();
                 }
             }
-            Event::Enrolled { .. } | Event::Logout { .. } | Event::Revoked { .. } => {}
+            Event::Enrolled { .. }
+            | Event::Logout { .. }
+            | Event::Revoked { .. }
+            | Event::Attachment { .. } => {}
         }
     }
 

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 pub use audit::AuditLog;
 pub use metrics::Metrics;
-pub use sessions::{LiveSession, SessionGuard, SessionRegistry};
+pub use sessions::{now_ms, LiveSession, SessionGuard, SessionRegistry};
 
 /// Something worth auditing or counting.
 #[derive(Debug, Clone)]
@@ -119,6 +119,19 @@ pub enum Event {
         /// `user`, `operator` or `identity provider`.
         by: &'static str,
     },
+    /// A client attached a running session (`attached`), or left it running (`detached`).
+    Attachment {
+        /// The session's owner.
+        owner: String,
+        /// Who attached or left (the owner, for now).
+        actor: String,
+        /// The session's id (`ssh host sessions`).
+        session: String,
+        /// The client's address.
+        remote: String,
+        /// `attach` or `detach`.
+        what: &'static str,
+    },
     /// A ticket was minted or consumed.
     Ticket {
         /// `mint` or `consume`.
@@ -195,6 +208,15 @@ impl Event {
             }
             Event::Revoked { user, key, by } => {
                 json!({"event": "revoked", "user_id": user, "key_fingerprint": key, "by": by})
+            }
+            Event::Attachment {
+                owner,
+                actor,
+                session,
+                remote,
+                what,
+            } => {
+                json!({"event": what, "user_id": actor, "owner": owner, "session": session, "remote": remote})
             }
         })
     }

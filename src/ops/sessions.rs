@@ -11,7 +11,8 @@ use crate::identity::redis::SessionDirectory;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-fn now_ms() -> u64 {
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -51,9 +52,14 @@ pub struct LiveSession {
     pub bytes_in: AtomicU64,
     /// Program → client.
     pub bytes_out: AtomicU64,
+    /// Unix ms of the program's last output.
+    pub last_output_ms: AtomicU64,
     /// Cancelled to end the session (admin console, shutdown).
     #[serde(skip)]
     pub end: CancellationToken,
+    /// Why it was ended through `end`, when not by the operator.
+    #[serde(skip)]
+    pub end_reason: std::sync::OnceLock<String>,
 }
 
 impl LiveSession {
@@ -100,6 +106,22 @@ impl LiveSession {
     /// Notes output to the client.
     pub fn output(&self, n: usize) {
         self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        self.last_output_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Ends the session, saying why.
+    pub fn end_with(&self, reason: &str) {
+        let _ = self.end_reason.set(reason.to_owned());
+        self.end.cancel();
+    }
+
+    /// Milliseconds with neither input nor output: an agent that is writing is not idle.
+    pub fn quiet_ms(&self) -> u64 {
+        let last = self
+            .last_input_ms
+            .load(Ordering::Relaxed)
+            .max(self.last_output_ms.load(Ordering::Relaxed));
+        now_ms().saturating_sub(last)
     }
 
     /// Milliseconds since the last input.
@@ -220,7 +242,9 @@ impl SessionRegistry {
             last_input_ms: AtomicU64::new(now),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            last_output_ms: AtomicU64::new(now),
             end: CancellationToken::new(),
+            end_reason: std::sync::OnceLock::new(),
         });
         self.map.insert(id, session.clone());
         self.changed.notify_one();

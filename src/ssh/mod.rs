@@ -67,6 +67,10 @@ pub struct SshContext {
     pub enroll_ttl: Duration,
     /// How old the IdP's last word on an enrolled key's user may be before a login asks again.
     pub recheck_interval: Duration,
+    /// This node's sessions that clients attach to.
+    pub hub: Arc<crate::sessions::Hub>,
+    /// How long a session waits for a client, and its scrollback.
+    pub detach: crate::sessions::DetachPolicy,
     /// A pending connection is closed after this long.
     pub pending_timeout: Duration,
     /// `ssh host link`: tickets and the web front's URL, when the web front runs.

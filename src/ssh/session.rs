@@ -23,10 +23,12 @@ use crate::config::ExecPolicy;
 use crate::identity::store::{Enrollment, RefreshToken};
 use crate::identity::tickets::Purpose;
 use crate::identity::{AuthMethod, Identity, Pending};
-use crate::launcher::{self, process::Resizer, LaunchError, SessionEnv, TermSize, TerminalModes};
+use crate::launcher::{self, LaunchError, SessionEnv, TermSize, TerminalModes};
 use crate::ops::recording::Recorder;
 use crate::ops::sessions::NewSession;
 use crate::ops::{Event, LiveSession};
+use crate::sessions::supervise::{supervise, Notify, Presence, Rules, Started};
+use crate::sessions::{Attachment, Running};
 use secrecy::ExposeSecret;
 
 /// Input chunks queued for the sign-in screen or a prompt before the client is slowed down
@@ -40,8 +42,6 @@ pub const PRE_PROGRAM_WINDOW: u32 = 2 * 1024;
 const PROGRAM_WINDOW: u32 = 2 * 1024 * 1024;
 /// Bytes read from the program per write to the channel.
 const OUTPUT_CHUNK: usize = 32 * 1024;
-/// After the program exits, how long its remaining output may take to arrive.
-const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(300);
 /// Lifetime of an `ssh host link` URL.
 const LINK_TTL: Duration = Duration::from_secs(60);
 /// Most client variables accepted per channel.
@@ -62,7 +62,8 @@ pub struct PtyParams {
 #[derive(Default)]
 struct ResizeSlot {
     size: Option<TermSize>,
-    resizer: Option<Resizer>,
+    /// The session this channel is a client of (its PTY and terminal model take the size).
+    session: Option<Arc<Running>>,
     recorder: Option<Recorder>,
 }
 
@@ -236,10 +237,10 @@ impl Channels {
             // Recording is best effort and must not block the connection's handler.
             tokio::spawn(async move { rec.resize(size.cols, size.rows).await });
         }
-        match &r.resizer {
-            Some(resizer) => resizer.resize(size).is_ok(),
-            None => true,
+        if let Some(session) = &r.session {
+            session.resize(size);
         }
+        true
     }
 
     /// `env`: accepted only for names in `[session] accept_env`, and never for identity or
@@ -354,6 +355,14 @@ pub enum Work {
     Link,
     /// Run the configured program with these extra arguments.
     Program(Vec<String>),
+    /// List the user's sessions, one JSON line each.
+    Sessions,
+    /// Attach one of the user's sessions.
+    Attach(String),
+    /// Start a new session even though one is detached.
+    New,
+    /// End one of the user's sessions.
+    End(String),
     /// Refuse with this message.
     Refuse(String),
 }
@@ -367,11 +376,15 @@ pub fn classify_exec(command: &str, policy: ExecPolicy) -> Work {
         Some("keys") if words.len() == 1 => Work::Keys,
         Some("keys") if words.len() == 3 && words[1] == "revoke" => Work::Revoke(words[2].clone()),
         Some("link") if words.len() == 1 => Work::Link,
+        Some("sessions") if words.len() == 1 => Work::Sessions,
+        Some("attach") if words.len() == 2 => Work::Attach(words[1].clone()),
+        Some("new") if words.len() == 1 => Work::New,
+        Some("end") if words.len() == 2 => Work::End(words[1].clone()),
         None => Work::Program(Vec::new()),
         Some(_) => match policy {
             ExecPolicy::Args => Work::Program(words),
             ExecPolicy::Refuse => Work::Refuse(format!(
-                "hermes-ssh-gateway: command {:?} is not available here; built-ins: whoami, link, logout, keys, keys revoke SHA256:… (or connect without a command)",
+                "hermes-ssh-gateway: command {:?} is not available here; built-ins: whoami, link, logout, keys, keys revoke SHA256:…, sessions, attach ID, new, end ID (or connect without a command)",
                 command.trim()
             )),
         },
@@ -440,7 +453,65 @@ impl Job {
                 tracing::info!(user = %identity.user_id, "refused exec: {msg}");
                 self.refuse(&msg).await;
             }
+            Work::Program(args) if args.is_empty() => self.resume_or_start(identity).await,
             Work::Program(args) => self.run_program(identity, args).await,
+            Work::New => self.run_program(identity, Vec::new()).await,
+            Work::Sessions => {
+                let lines: String = self
+                    .ctx
+                    .hub
+                    .of_user(&identity.user_id)
+                    .iter()
+                    .map(|s| format!("{}\n", s.describe()))
+                    .collect();
+                self.print(lines).await;
+                finish(&self.writer, 0).await;
+            }
+            Work::Attach(id) => match self.ctx.hub.own(&identity.user_id, &id) {
+                Some(session) if self.pty.is_some() => self.attach_to(session).await,
+                Some(_) => {
+                    self.refuse(
+                        "hermes-ssh-gateway: attach needs a terminal (ssh -t host attach ID)",
+                    )
+                    .await
+                }
+                None => {
+                    self.refuse(&format!("hermes-ssh-gateway: no session {id:?} of yours"))
+                        .await
+                }
+            },
+            Work::End(id) => match self.ctx.hub.own(&identity.user_id, &id) {
+                Some(session) => {
+                    session.live.end_with("ended by its user");
+                    self.print(format!("ended session {id}\n")).await;
+                    finish(&self.writer, 0).await;
+                }
+                None => {
+                    self.refuse(&format!("hermes-ssh-gateway: no session {id:?} of yours"))
+                        .await
+                }
+            },
+        }
+    }
+
+    /// A plain login: sessions that ended while the user was away are reported, then the most
+    /// recently active detached session is resumed, or a new program starts.
+    async fn resume_or_start(self, identity: Identity) {
+        for line in self.ctx.hub.take_reports(&identity.user_id) {
+            ChannelNotice(&self.writer).notice(&line).await;
+        }
+        let detached = self
+            .ctx
+            .hub
+            .of_user(&identity.user_id)
+            .into_iter()
+            .find(|s| !s.is_attached());
+        match detached {
+            Some(session) if self.pty.is_some() => {
+                tracing::info!(user = %identity.user_id, session = session.id, "reattaching");
+                self.attach_to(session).await
+            }
+            _ => self.run_program(identity, Vec::new()).await,
         }
     }
 
@@ -705,6 +776,200 @@ impl Job {
     }
 
     async fn run_program(mut self, identity: Identity, extra_args: Vec<String>) {
+        let mut started = match self.start_program(&identity, extra_args).await {
+            Ok(s) => s,
+            Err(NotStarted::Refused) => return,
+            Err(NotStarted::Failed(e)) => return self.show_failure(&identity, &e).await,
+        };
+        let user = started.live.user.clone();
+        let rules = Rules {
+            ops: self.ctx.ops.clone(),
+            shutdown: self.ctx.shutdown.clone(),
+            idle: self.ctx.limits.idle_timeout,
+        };
+        let Some(io) = started.process.take_io() else {
+            return finish(&self.writer, 255).await;
+        };
+        let (Some(pty), Some(resizer)) = (self.pty.as_ref(), started.process.resizer()) else {
+            // Pipes: the session is this connection's and ends with it.
+            let out = tokio::spawn(pump_out(
+                io.output,
+                self.writer.make_writer(),
+                started.live.clone(),
+            ));
+            let err = io.stderr.map(|e| {
+                tokio::spawn(pump_out(
+                    e,
+                    self.writer.make_writer_ext(Some(1)),
+                    started.live.clone(),
+                ))
+            });
+            self.feed_input(io.input, &started.live);
+            let supervised = Started {
+                process: started.process,
+                live: started.live,
+                guard: started.guard,
+                out,
+                err,
+                started: started.started,
+            };
+            let presence = Presence::Connection(self.closed.clone());
+            let outcome =
+                supervise(supervised, rules, presence, &ChannelNotice(&self.writer)).await;
+            if let Some(n) = &outcome.notice {
+                ChannelNotice(&self.writer).notice(n).await;
+            }
+            if let Some(code) = outcome.code {
+                finish(&self.writer, code).await;
+            }
+            return;
+        };
+        // A PTY: the session belongs to the gateway, and this connection is its first client.
+        let size = current_size(&self.resize).unwrap_or(pty.size);
+        let session = Running::new(
+            identity.user_id.clone(),
+            started.live.command.clone(),
+            started.live.clone(),
+            resizer,
+            size,
+            (!self.ctx.detach.timeout.is_zero()).then_some(self.ctx.detach.scrollback),
+        );
+        let recorder = started.recorder.take();
+        if let Ok(mut slot) = self.resize.lock() {
+            // A window-change may have arrived while the program was starting.
+            if let Some(size) = slot.size {
+                session.resize(size);
+            }
+            slot.session = Some(session.clone());
+            slot.recorder = recorder.clone();
+        }
+        // The first client is attached before any output is read: a program that prints and
+        // exits at once must not print to nobody.
+        let sink: crate::sessions::Sink = Box::new(self.writer.make_writer());
+        let attachment = session.attach_fresh(sink).await;
+        let out = tokio::spawn(pump_session(io.output, session.clone(), recorder));
+        drop(io.input);
+        // Only a session that can outlive its client is one others may find and attach.
+        if !self.ctx.detach.timeout.is_zero() {
+            self.ctx.hub.insert(session.clone());
+        }
+        let supervised = Started {
+            process: started.process,
+            live: started.live,
+            guard: started.guard,
+            out,
+            err: None,
+            started: started.started,
+        };
+        let presence = Presence::Clients {
+            session: session.clone(),
+            after: self.ctx.detach.timeout,
+        };
+        let hub = self.ctx.hub.clone();
+        let watched = session.clone();
+        tokio::spawn(async move {
+            let outcome = supervise(supervised, rules, presence, watched.as_ref()).await;
+            let unseen = !watched.is_attached();
+            watched.finish(outcome.clone()).await;
+            hub.remove(&watched, unseen.then_some(&outcome));
+        });
+        tracing::debug!(user, session = session.id, "session core took the program");
+        self.serve_client(session, attachment).await;
+    }
+
+    /// Reattaches `session`: this client gets its screen as it stands, then live output.
+    async fn attach_to(self, session: Arc<Running>) {
+        let size = current_size(&self.resize);
+        if let Ok(mut slot) = self.resize.lock() {
+            slot.session = Some(session.clone());
+        }
+        let sink: crate::sessions::Sink = Box::new(self.writer.make_writer());
+        let attachment = session.attach(sink, size).await;
+        self.audit_attachment(&session, "attach");
+        self.serve_client(session, attachment).await
+    }
+
+    /// `attach` / `detach` in the audit log.
+    fn audit_attachment(&self, session: &Running, what: &'static str) {
+        self.ctx.ops.emit(Event::Attachment {
+            owner: session.user.to_string(),
+            actor: session.user.to_string(),
+            session: session.id.clone(),
+            remote: self.ctx_remote(),
+            what,
+        });
+    }
+
+    /// Stays this session's client until the client leaves (the session is then detached),
+    /// another client takes it over, or it ends.
+    async fn serve_client(mut self, session: Arc<Running>, attachment: Attachment) {
+        let user = session.user.to_string();
+        self.feed_input(session.input(), &session.live);
+        let mut outcome = session.outcome();
+        tokio::select! {
+            _ = self.closed.cancelled() => {
+                session.detach(&attachment).await;
+                if !self.ctx.detach.timeout.is_zero() {
+                    tracing::info!(user, session = session.id, "client left; session detached");
+                    self.audit_attachment(&session, "detach");
+                    // Over the cap, the longest-detached sessions end (reported at next login).
+                    let detached: Vec<_> = self
+                        .ctx
+                        .hub
+                        .of_user(&session.user)
+                        .into_iter()
+                        .filter(|s| !s.is_attached())
+                        .collect();
+                    for old in detached.iter().skip(self.ctx.detach.max_per_user) {
+                        old.live.end_with(&format!(
+                            "more than {} detached sessions",
+                            self.ctx.detach.max_per_user
+                        ));
+                    }
+                }
+            }
+            _ = attachment.gone.cancelled() => {
+                let ended = outcome.borrow_and_update().clone();
+                match ended {
+                    Some(o) => {
+                        if let Some(n) = &o.notice {
+                            ChannelNotice(&self.writer).notice(n).await;
+                        }
+                        if let Some(code) = o.code {
+                            finish(&self.writer, code).await;
+                        }
+                    }
+                    None => {
+                        ChannelNotice(&self.writer)
+                            .notice(&format!("session {} was attached from elsewhere", session.id))
+                            .await;
+                        finish(&self.writer, 0).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// From now on the channel reader writes client input straight into `to` (no extra task
+    /// hop per keystroke), after what was queued before the program started.
+    fn feed_input(&mut self, to: Box<dyn AsyncWrite + Send + Unpin>, live: &Arc<LiveSession>) {
+        let queued = std::mem::replace(&mut self.input, mpsc::channel(1).1);
+        if let Some(attach) = self.attach.take() {
+            let _ = attach.send(Attach {
+                queued,
+                to,
+                live: live.clone(),
+            });
+        }
+    }
+
+    /// Registers, prepares and starts the program, and starts its recording; on failure the
+    /// user has been told and `None` comes back.
+    async fn start_program(
+        &mut self,
+        identity: &Identity,
+        extra_args: Vec<String>,
+    ) -> Result<StartedProgram, NotStarted> {
         let user = identity.user_id.to_string();
         let launch = self.ctx.launch.load_full();
         let command = launch.command.join(" ");
@@ -732,7 +997,8 @@ impl Job {
                     what: e.to_string(),
                 });
                 tracing::warn!(user, "refused: {e}");
-                return self.refuse(&format!("hermes-ssh-gateway: {e}")).await;
+                self.refuse(&format!("hermes-ssh-gateway: {e}")).await;
+                return Err(NotStarted::Refused);
             }
         };
         let live = guard.session.clone();
@@ -757,7 +1023,7 @@ impl Job {
             },
             Err(e) => Err(e),
         };
-        let mut process = match spawned {
+        let process = match spawned {
             Ok(p) => p,
             Err(e) => {
                 if let LaunchError::Account(a) = &e {
@@ -768,7 +1034,7 @@ impl Job {
                         what: a.to_string(),
                     });
                 }
-                return self.show_failure(&identity, &e).await;
+                return Err(NotStarted::Failed(e));
             }
         };
         tracing::info!(
@@ -784,7 +1050,6 @@ impl Job {
             &process.account().name,
             process.account().uid,
         ));
-        let started = std::time::Instant::now();
         let recorder = match (&self.ctx.recording_dir, &self.pty, size) {
             (Some(dir), Some(pty), Some(size)) => {
                 match Recorder::start(dir, &user, live.id, size.cols, size.rows, &pty.term).await {
@@ -797,157 +1062,13 @@ impl Job {
             }
             _ => None,
         };
-
-        if let Some(resizer) = process.resizer() {
-            if let Ok(mut slot) = self.resize.lock() {
-                // A window-change may have arrived while the program was starting.
-                if let Some(size) = slot.size {
-                    let _ = resizer.resize(size);
-                }
-                slot.resizer = Some(resizer);
-                slot.recorder = recorder.clone();
-            }
-        }
-
-        let Some(io) = process.take_io() else {
-            return finish(&self.writer, 255).await;
-        };
-        let out = tokio::spawn(pump_out(
-            io.output,
-            self.writer.make_writer(),
-            live.clone(),
+        Ok(StartedProgram {
+            process,
+            live,
+            guard,
             recorder,
-        ));
-        let err = io.stderr.map(|e| {
-            tokio::spawn(pump_out(
-                e,
-                self.writer.make_writer_ext(Some(1)),
-                live.clone(),
-                None,
-            ))
-        });
-        // From here the channel reader writes client input straight into the program (no
-        // extra task hop per keystroke), after what was queued before it started.
-        let queued = std::mem::replace(&mut self.input, mpsc::channel(1).1);
-        if let Some(attach) = self.attach.take() {
-            let _ = attach.send(Attach {
-                queued,
-                to: io.input,
-                live: live.clone(),
-            });
-        }
-
-        let idle = self.ctx.limits.idle_timeout;
-        let warn_before = (idle / 4).min(Duration::from_secs(60));
-        let mut idle_tick = tokio::time::interval(
-            Duration::from_millis(250).min(idle.max(Duration::from_millis(50)) / 2),
-        );
-        idle_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut warned_idle = false;
-        let mut warned_drain = false;
-        let shutdown = self.ctx.shutdown.clone();
-        let limit_hit = process.limit_hit();
-        tokio::pin!(limit_hit);
-        let mut limit = None;
-        let ending = loop {
-            tokio::select! {
-                s = process.exited() => break Ending::Exited(s),
-                hit = &mut limit_hit => {
-                    limit = Some(hit);
-                    tracing::warn!(user, limit = hit.as_str(), "session stopped at a resource limit");
-                    break Ending::Ended(process.confinement().describe(hit));
-                }
-                _ = self.closed.cancelled() => break Ending::ClientLeft,
-                _ = live.end.cancelled() => break Ending::Ended("ended by the operator".into()),
-                _ = shutdown.terminate.cancelled() => break Ending::Ended("the gateway shut down".into()),
-                _ = shutdown.draining.cancelled(), if !warned_drain => {
-                    warned_drain = true;
-                    self.notice("the gateway is going down; your session will end shortly").await;
-                }
-                _ = idle_tick.tick(), if !idle.is_zero() => {
-                    let idle_for = Duration::from_millis(live.idle_ms());
-                    if idle_for >= idle {
-                        break Ending::Ended(format!("no input for {}", humantime::format_duration(idle)));
-                    }
-                    if idle_for + warn_before >= idle && !warned_idle {
-                        warned_idle = true;
-                        self.notice(&format!(
-                            "no input for a while: this session ends in {} unless you type",
-                            humantime::format_duration(idle - idle_for)
-                        ))
-                        .await;
-                    } else if idle_for + warn_before < idle {
-                        warned_idle = false;
-                    }
-                }
-            }
-        };
-        let group = process.group();
-        let exit_status = match ending {
-            Ending::Exited(status) => {
-                // The program is gone; give its last output a moment to flush, then hang up
-                // anything it left behind so nothing outlives the session.
-                let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, out).await;
-                if let Some(err) = err {
-                    let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, err).await;
-                }
-                group.terminate().await;
-                tracing::info!(
-                    user,
-                    code = status.exit_code(),
-                    signal = status.signal_name(),
-                    "program exited"
-                );
-                let confinement = process.confinement();
-                if let Some(hit) = confinement.explain(status.signal) {
-                    limit = Some(hit);
-                    tracing::warn!(
-                        user,
-                        limit = hit.as_str(),
-                        "program stopped at a resource limit"
-                    );
-                    self.notice(&confinement.describe(hit)).await;
-                } else if status.exit_code() != 0 {
-                    if let Some(hint) = confinement.hint() {
-                        self.notice(&format!(
-                            "the program ended with status {}; {hint}",
-                            status.exit_code()
-                        ))
-                        .await;
-                    }
-                }
-                Some(status.exit_code())
-            }
-            Ending::ClientLeft => {
-                tracing::info!(user, "client closed the session; ending the program");
-                group.terminate().await;
-                out.abort();
-                None
-            }
-            Ending::Ended(reason) => {
-                tracing::info!(user, reason, "session ended");
-                group.terminate().await;
-                let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, out).await;
-                self.notice(&format!("session ended: {reason}")).await;
-                Some(1)
-            }
-        };
-        drop(process);
-        self.ctx
-            .ops
-            .emit(live.end_event(started, exit_status, limit.map(|l| l.as_str())));
-        drop(guard);
-        if let Some(code) = exit_status {
-            finish(&self.writer, code).await;
-        }
-    }
-
-    /// One line from the gateway itself, on the user's terminal.
-    async fn notice(&self, text: &str) {
-        let _ = self
-            .writer
-            .data_bytes(Bytes::from(format!("\r\n[hermes-ssh-gateway] {text}\r\n")))
-            .await;
+            started: std::time::Instant::now(),
+        })
     }
 
     fn ctx_remote(&self) -> String {
@@ -1002,12 +1123,28 @@ async fn finish(writer: &ChannelWriteHalf<Msg>, code: u32) {
     let _ = writer.close().await;
 }
 
-/// Program output → channel. The channel writer waits for the client's window, and this loop
-/// waits for the writer, so a slow client pauses the program instead of growing a buffer.
+/// Pipe output → channel (pipe sessions are not recorded). The channel writer waits for the
+/// client's window, and this loop waits for the writer, so a slow client pauses the program
+/// instead of growing a buffer.
 async fn pump_out(
     mut from: Box<dyn AsyncRead + Send + Unpin>,
     mut to: impl AsyncWrite + Unpin,
     live: Arc<LiveSession>,
+) {
+    let mut buf = vec![0u8; OUTPUT_CHUNK];
+    while let Ok(n @ 1..) = from.read(&mut buf).await {
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        live.output(n);
+    }
+    let _ = to.flush().await;
+}
+
+/// Program output → the session (its terminal model, its client if one is attached).
+async fn pump_session(
+    mut from: Box<dyn AsyncRead + Send + Unpin>,
+    session: Arc<Running>,
     mut recorder: Option<Recorder>,
 ) {
     let mut buf = vec![0u8; OUTPUT_CHUNK];
@@ -1020,14 +1157,45 @@ async fn pump_out(
                         recorder = None;
                     }
                 }
-                if to.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-                live.output(n);
+                session.output(&buf[..n]).await;
+                session.live.output(n);
             }
         }
     }
-    let _ = to.flush().await;
+}
+
+/// A started program, before a session takes it.
+struct StartedProgram {
+    process: launcher::Process,
+    live: Arc<LiveSession>,
+    guard: crate::ops::SessionGuard,
+    recorder: Option<Recorder>,
+    started: std::time::Instant,
+}
+
+/// Why no program started.
+enum NotStarted {
+    /// Refused before launching (the user was told).
+    Refused,
+    /// The launch failed (the caller shows why).
+    Failed(LaunchError),
+}
+
+/// The gateway's lines on a channel.
+struct ChannelNotice<'a>(&'a ChannelWriteHalf<Msg>);
+
+impl Notify for ChannelNotice<'_> {
+    fn notice<'a>(
+        &'a self,
+        text: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let _ = self
+                .0
+                .data_bytes(Bytes::from(format!("\r\n[hermes-ssh-gateway] {text}\r\n")))
+                .await;
+        })
+    }
 }
 
 /// The program's stdin, handed to the channel reader when the program starts.
@@ -1115,13 +1283,6 @@ async fn next_message(
         None => None,
     };
     (room, read.wait().await)
-}
-
-/// Why a session's program is being ended.
-enum Ending {
-    Exited(launcher::ExitStatus),
-    ClientLeft,
-    Ended(String),
 }
 
 #[cfg(test)]

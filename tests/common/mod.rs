@@ -448,6 +448,26 @@ impl PtyClient {
         parser.screen().contents()
     }
 
+    /// The terminal as vt100 sees it after everything the client printed (cells, colours,
+    /// modes, alternate screen).
+    pub fn terminal(&self) -> vt100::Parser {
+        let size = self.master.get_size().unwrap();
+        let mut parser = vt100::Parser::new(size.rows, size.cols, 0);
+        parser.process(&self.screen.lock().unwrap());
+        parser
+    }
+
+    /// Kills the ssh client with SIGKILL, as a laptop that loses power would leave it.
+    pub fn kill_hard(&mut self) {
+        if let Some(pid) = self.child.process_id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self.child.wait();
+    }
+
     /// Reads the QR code drawn on the screen (black-on-white Unicode half blocks) with a real
     /// QR decoder, as a phone camera would.
     pub fn decode_qr(&self) -> Option<String> {

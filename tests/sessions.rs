@@ -1,0 +1,257 @@
+//! Issue 16: sessions that outlive connections. The real OpenSSH client, killed with SIGKILL
+//! as a sleeping laptop or a dropped network would leave it, and a new one that comes back.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(30);
+
+/// Colours, the alternate screen and bracketed paste, then a counter that runs to 40 (4 s) and
+/// stops, so that the screen it leaves is known exactly.
+const COUNTER: &str = r#"printf '\033[?1049h\033[?2004h\033[1;31mRED\033[0m \033[44mBLUE\033[0m ready\r\n'; i=0; while [ $i -lt 40 ]; do i=$((i+1)); printf '\rCOUNT %d ' $i; sleep 0.1; done; printf '\r\nDONE\r\n'; exec sleep 600"#;
+
+fn gateway(detach: &str, program: &str) -> (tempfile::TempDir, Gateway, Keypair) {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = Keypair::new(tmp.path(), "alice_key");
+    let session = format!(
+        "[session]\ncommand = [\"/bin/sh\", \"-c\", '''{program}''']\ndetach_timeout = \"{detach}\"\n"
+    );
+    let gw = Gateway::start(tmp.path(), &config("", &session));
+    gw.set_keys("alice", &key.public_line);
+    assert!(gw.wait_log("users=1", T).is_some());
+    (tmp, gw, key)
+}
+
+/// What a terminal shows after the counter program's whole output.
+fn expected_screen(rows: u16, cols: u16) -> vt100::Parser {
+    let mut p = vt100::Parser::new(rows, cols, 0);
+    p.process(b"\x1b[?1049h\x1b[?2004h\x1b[1;31mRED\x1b[0m \x1b[44mBLUE\x1b[0m ready\r\n");
+    for i in 1..=40 {
+        p.process(format!("\rCOUNT {i} ").as_bytes());
+    }
+    p.process(b"\r\nDONE\r\n");
+    p
+}
+
+fn same_cells(a: &vt100::Screen, b: &vt100::Screen) -> Result<(), String> {
+    let (rows, cols) = a.size();
+    for r in 0..rows {
+        for c in 0..cols {
+            let (x, y) = (a.cell(r, c).unwrap(), b.cell(r, c).unwrap());
+            if x.contents() != y.contents()
+                || x.fgcolor() != y.fgcolor()
+                || x.bgcolor() != y.bgcolor()
+                || x.bold() != y.bold()
+            {
+                return Err(format!("cell {r},{c}: {x:?} vs {y:?}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_killed_client_leaves_the_program_running_and_the_next_login_sees_the_same_screen() {
+    let (_tmp, gw, key) = gateway("5m", COUNTER);
+    let mut first = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
+    assert!(first.expect_screen("COUNT 5 ", T), "{}", first.screen());
+    first.kill_hard();
+    assert!(gw.wait_log("session detached", T).is_some(), "{}", gw.log());
+
+    // The program went on counting with nobody attached (it reached 40 and said DONE), and a
+    // new login comes back to exactly the screen it left.
+    let back = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
+    assert!(back.expect_screen("DONE", T), "{}", back.screen());
+    let got = back.terminal();
+    let want = expected_screen(24, 80);
+    assert_eq!(got.screen().contents(), want.screen().contents());
+    same_cells(got.screen(), want.screen()).unwrap();
+    assert!(
+        got.screen().alternate_screen(),
+        "back on the alternate screen"
+    );
+    assert!(
+        got.screen().bracketed_paste(),
+        "the program's modes restored"
+    );
+    assert_eq!(
+        got.screen().cursor_position(),
+        want.screen().cursor_position()
+    );
+    assert!(gw.log().contains("reattaching"), "{}", gw.log());
+}
+
+#[test]
+fn users_list_attach_start_and_end_their_sessions_and_never_anyone_elses() {
+    let (tmp, gw, key) = gateway("5m", "echo READY-$$; exec cat");
+    let bob = Keypair::new(tmp.path(), "bob_key");
+    gw.set_keys("bob", &bob.public_line);
+    assert!(gw.wait_log("users=2", T).is_some());
+    let cmd = |k: &Keypair, args: &[&str]| {
+        let mut ssh = gw.ssh(k);
+        ssh.args(args);
+        run(ssh, T)
+    };
+    let list = |k: &Keypair| -> Vec<serde_json::Value> {
+        text(&cmd(k, &["127.0.0.1", "sessions"]).stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let mut a = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
+    assert!(a.expect("READY-", T));
+    a.kill_hard();
+    assert!(gw.wait_log("session detached", T).is_some());
+    // `new` starts a second one although one is detached.
+    let with_tty = |words: &[&str]| {
+        let mut args = gw.pty_args(&key);
+        args.insert(args.len() - 1, "-t".into());
+        args.extend(words.iter().map(|w| w.to_string()));
+        args
+    };
+    let args = with_tty(&["new"]);
+    let mut b = PtyClient::spawn(&args, 80, 24);
+    assert!(b.expect("READY-", T));
+    let sessions = list(&key);
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert_eq!(
+        sessions.iter().filter(|s| s["state"] == "detached").count(),
+        1,
+        "{sessions:?}"
+    );
+    let detached = sessions.iter().find(|s| s["state"] == "detached").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    b.kill_hard();
+    // Bob sees none of them and can neither attach nor end one.
+    assert!(list(&bob).is_empty());
+    let out = cmd(&bob, &["-tt", "127.0.0.1", "attach", &detached]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        cmd(&bob, &["127.0.0.1", "end", &detached]).status.code(),
+        Some(1)
+    );
+    assert_eq!(list(&key).len(), 2);
+    // An unknown id: one line, status 1.
+    let out = cmd(&key, &["-tt", "127.0.0.1", "attach", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no session"), "{out:?}");
+    // Attach by id: the screen as it was, and typing reaches the same program.
+    let args = with_tty(&["attach", &detached]);
+    let mut c = PtyClient::spawn(&args, 80, 24);
+    assert!(c.expect_screen("READY-", T), "{}", c.screen());
+    c.send("still-here\r");
+    // The terminal's echo, then cat's copy: the program read it.
+    assert!(
+        eventually(T, || c.screen().matches("still-here").count() >= 2),
+        "{}",
+        c.screen()
+    );
+    // End the other one by id.
+    let other = list(&key)
+        .into_iter()
+        .find(|s| s["id"] != detached.as_str())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(cmd(&key, &["127.0.0.1", "end", &other]).status.success());
+    assert!(eventually(T, || list(&key).len() == 1));
+}
+
+#[test]
+fn a_session_ends_when_nobody_comes_back_and_its_end_is_reported_once() {
+    // Ends by itself while detached: reported at the next login.
+    let (_tmp, gw, key) = gateway("5m", "echo READY; sleep 2; exit 3");
+    let mut a = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
+    assert!(a.expect("READY", T));
+    a.kill_hard();
+    assert!(gw.wait_log("program exited", T).is_some(), "{}", gw.log());
+    let mut ssh = gw.ssh(&key);
+    ssh.args(["-tt", "127.0.0.1", "sessions"]);
+    let out = text(&run(ssh, T).stdout);
+    assert!(out.trim().is_empty(), "{out}");
+    let c = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
+    assert!(c.expect("exit status 3", T), "{}", c.output());
+    drop(c);
+    let c = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
+    assert!(c.expect("READY", T));
+    assert!(!c.output().contains("exit status 3"), "reported once");
+    drop(c);
+
+    // Nobody comes back within detach_timeout: the program is ended.
+    let (_tmp, gw, key) = gateway("1s", "echo READY-$$; exec sleep 600");
+    let mut a = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
+    assert!(a.expect("READY-", T));
+    let pid: i32 = a
+        .output()
+        .split("READY-")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    a.kill_hard();
+    assert!(
+        gw.wait_log("no client left; ending the program", T)
+            .is_some(),
+        "{}",
+        gw.log()
+    );
+    assert!(eventually(T, || !std::path::Path::new(&format!(
+        "/proc/{pid}"
+    ))
+    .exists()));
+}
+
+#[test]
+fn detached_sessions_are_capped_per_user_and_every_attach_and_detach_is_audited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = Keypair::new(tmp.path(), "alice_key");
+    let session = "[session]\ncommand = [\"/bin/sh\", \"-c\", \"echo READY; exec sleep 600\"]\ndetach_timeout = \"5m\"\n[limits]\nmax_detached_per_user = 2\n[audit]\npath = \"audit.log\"\n";
+    let gw = Gateway::start(tmp.path(), &config("", session));
+    gw.set_keys("alice", &key.public_line);
+    assert!(gw.wait_log("users=1", T).is_some());
+    let mut args = gw.pty_args(&key);
+    args.insert(args.len() - 1, "-t".into());
+    args.push("new".into());
+    for _ in 0..3 {
+        let mut c = PtyClient::spawn(&args, 80, 24);
+        assert!(c.expect("READY", T));
+        c.kill_hard();
+    }
+    // The longest-detached one ends; two stay.
+    assert!(
+        gw.wait_log("more than 2 detached sessions", T).is_some(),
+        "{}",
+        gw.log()
+    );
+    let listed = || {
+        let mut ssh = gw.ssh(&key);
+        ssh.args(["127.0.0.1", "sessions"]);
+        text(&run(ssh, T).stdout).lines().count()
+    };
+    assert!(eventually(T, || listed() == 2));
+    // The next login hears about it, then comes back to the latest one.
+    let c = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
+    assert!(
+        c.expect("more than 2 detached sessions", T),
+        "{}",
+        c.output()
+    );
+    assert!(c.expect_screen("READY", T));
+    let audit = tmp.path().join("audit.log");
+    let count = |what: &str| {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.contains(&format!("\"event\":\"{what}\"")) && l.contains("\"owner\":\"alice\"")
+            })
+            .count()
+    };
+    assert!(eventually(T, || count("detach") == 3 && count("attach") == 1));
+}
