@@ -457,6 +457,15 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         }
     };
     let bans: Arc<dyn Bans> = Arc::new(ByNetwork::new(bans, config.limits.ipv6_prefix));
+    // One set of sessions for both fronts: a session started in one can be attached from the
+    // other.
+    let hub = Arc::new(hermes_ssh_gateway::sessions::Hub::default());
+    let detach = hermes_ssh_gateway::sessions::DetachPolicy {
+        timeout: config.session.detach_timeout,
+        scrollback: config.session.scrollback,
+        max_per_user: config.limits.max_detached_per_user,
+    };
+    let recording_dir = config.recording.as_ref().map(|r| r.dir.clone());
     let web_link = match &config.web {
         Some(w) => {
             let web_listener = tokio::net::TcpListener::bind(w.listen)
@@ -487,6 +496,10 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
                 bans: bans.clone(),
                 max_message_size: usize::try_from(w.max_message_size.as_u64())
                     .unwrap_or(usize::MAX),
+                hub: hub.clone(),
+                detach,
+                idle_timeout: config.limits.idle_timeout,
+                recording_dir: recording_dir.clone(),
             });
             tasks.push(tokio::spawn(hermes_ssh_gateway::web::serve(
                 web_listener,
@@ -511,7 +524,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             max_channels_per_connection: config.limits.max_channels_per_connection,
         },
         shutdown: shutdown.clone(),
-        recording_dir: config.recording.as_ref().map(|r| r.dir.clone()),
+        recording_dir,
         bans: bans.clone(),
         accept_env: config.session.accept_env.clone(),
         exec_policy: config.session.exec,
@@ -520,12 +533,8 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         limiter,
         enroll_ttl,
         recheck_interval,
-        hub: Arc::new(hermes_ssh_gateway::sessions::Hub::default()),
-        detach: hermes_ssh_gateway::sessions::DetachPolicy {
-            timeout: config.session.detach_timeout,
-            scrollback: config.session.scrollback,
-            max_per_user: config.limits.max_detached_per_user,
-        },
+        hub,
+        detach,
         pending_timeout,
         web_link,
     };

@@ -216,7 +216,7 @@ fn through_the_web_front_the_agent_is_told_the_same() {
     let stub = Stub::start();
     let skel_dir = tempfile::tempdir().unwrap();
     let skel = skeleton(skel_dir.path(), &stub);
-    let web = Web::start_with(&hermes_session(&hermes, &skel, ""), "", &[]);
+    let web = Web::start_with(&hermes_session(&hermes, &skel, ""), "", "", &[]);
     let (d, url) = (web.tmp.path().canonicalize().unwrap(), web.url.clone());
 
     let browser = browser_login(&url, "alice");

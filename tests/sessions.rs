@@ -255,3 +255,75 @@ fn detached_sessions_are_capped_per_user_and_every_attach_and_detach_is_audited(
     };
     assert!(eventually(T, || count("detach") == 3 && count("attach") == 1));
 }
+
+#[test]
+fn a_session_moves_between_the_terminal_and_the_browser() {
+    use common::idp::browser_login;
+    use common::webclient::{open_ws, read_until, type_line, ws_ticket, Web};
+    // alice is both a key-file user and the IdP's alice (linked), so her SSH and browser
+    // sessions are one user's.
+    let w = Web::start_with(
+        "[session]\ncommand = [\"/bin/sh\"]\ndetach_timeout = \"5m\"\n",
+        "",
+        "linked_key_users = [\"alice\"]\n",
+        &[],
+    );
+    let key = Keypair::new(w.tmp.path(), "alice_key");
+    w.gw.set_keys("alice", &key.public_line);
+    assert!(w.gw.wait_log("users=1", T).is_some());
+    let browser = browser_login(&w.url, "alice");
+    let ticket = |b: &reqwest::blocking::Client| {
+        let (status, t) = ws_ticket(&w.url, b, &w.url);
+        assert_eq!(status, 200, "{t}");
+        t["ticket"].as_str().unwrap().to_owned()
+    };
+
+    // Started over SSH, then left.
+    let mut term = PtyClient::spawn(&w.gw.pty_args(&key), 80, 24);
+    term.send("echo FROM-SSH-$((40+2))\r");
+    assert!(term.expect_screen("FROM-SSH-42", T), "{}", term.screen());
+    term.kill_hard();
+    assert!(w.gw.wait_log("session detached", T).is_some());
+    // The browser lists it and opens it: the screen as it was, and typing goes in.
+    let listed: Vec<serde_json::Value> = browser
+        .get(format!("{}/api/sessions", w.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let id = listed[0]["id"].as_str().unwrap().to_owned();
+    let mut ws = open_ws(
+        &w.url,
+        &format!("ticket={}&session={id}&cols=80&rows=24", ticket(&browser)),
+        &w.url,
+    )
+    .unwrap();
+    assert!(read_until(&mut ws, "FROM-SSH-42").contains("FROM-SSH-42"));
+    type_line(&mut ws, "echo FROM-BROWSER-$((40+3))");
+    assert!(read_until(&mut ws, "FROM-BROWSER-43").contains("FROM-BROWSER-43"));
+    drop(ws);
+    assert!(eventually(T, || w
+        .gw
+        .log()
+        .contains("browser left; session detached")));
+    // Back over SSH: both lines on the screen.
+    let back = PtyClient::spawn(&w.gw.pty_args(&key), 80, 24);
+    assert!(
+        back.expect_screen("FROM-BROWSER-43", T),
+        "{}",
+        back.screen()
+    );
+    assert!(back.screen().contains("FROM-SSH-42"));
+    // Another user's browser cannot open it.
+    let bob = browser_login(&w.url, "bob");
+    assert_eq!(
+        open_ws(
+            &w.url,
+            &format!("ticket={}&session={id}", ticket(&bob)),
+            &w.url
+        )
+        .err(),
+        Some(404)
+    );
+}

@@ -183,11 +183,9 @@ impl Running {
             m.lock().unwrap_or_else(|p| p.into_inner()).process(chunk);
         }
         if let Some(c) = client.as_mut() {
-            let wrote = tokio::select! {
-                r = c.sink.write_all(chunk) => r.is_ok(),
-                _ = c.gone.cancelled() => false,
-            };
-            if !wrote {
+            // Whoever would replace or drop this client waits for the lock this write holds,
+            // so there is nothing to race against here.
+            if c.sink.write_all(chunk).await.is_err() {
                 if let Some(c) = client.take() {
                     c.gone.cancel();
                 }
@@ -250,6 +248,29 @@ impl Running {
             "last_output": self.last_output_ms() / 1000,
             "command": self.command,
         })
+    }
+}
+
+/// Bytes read from the program per chunk.
+const OUTPUT_CHUNK: usize = 32 * 1024;
+
+/// Program output → `session` (its terminal model, its client if one is attached) and the
+/// recording, until the program closes its side of the PTY.
+pub async fn pump(
+    mut from: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    session: Arc<Running>,
+    mut recorder: Option<crate::ops::recording::Recorder>,
+) {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = vec![0u8; OUTPUT_CHUNK];
+    while let Ok(n @ 1..) = from.read(&mut buf).await {
+        if let Some(r) = &recorder {
+            if !r.output(&buf[..n]).await {
+                recorder = None;
+            }
+        }
+        session.output(&buf[..n]).await;
+        session.live.output(n);
     }
 }
 
@@ -356,7 +377,7 @@ impl Hub {
 }
 
 /// How long a detached session waits for a client, and how much it remembers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct DetachPolicy {
     /// Zero: a session ends with its last client.
     pub timeout: Duration,

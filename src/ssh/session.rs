@@ -847,7 +847,7 @@ impl Job {
         // exits at once must not print to nobody.
         let sink: crate::sessions::Sink = Box::new(self.writer.make_writer());
         let attachment = session.attach_fresh(sink).await;
-        let out = tokio::spawn(pump_session(io.output, session.clone(), recorder));
+        let out = tokio::spawn(crate::sessions::pump(io.output, session.clone(), recorder));
         drop(io.input);
         // Only a session that can outlive its client is one others may find and attach.
         if !self.ctx.detach.timeout.is_zero() {
@@ -1139,29 +1139,6 @@ async fn pump_out(
         live.output(n);
     }
     let _ = to.flush().await;
-}
-
-/// Program output → the session (its terminal model, its client if one is attached).
-async fn pump_session(
-    mut from: Box<dyn AsyncRead + Send + Unpin>,
-    session: Arc<Running>,
-    mut recorder: Option<Recorder>,
-) {
-    let mut buf = vec![0u8; OUTPUT_CHUNK];
-    loop {
-        match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if let Some(r) = &recorder {
-                    if !r.output(&buf[..n]).await {
-                        recorder = None;
-                    }
-                }
-                session.output(&buf[..n]).await;
-                session.live.output(n);
-            }
-        }
-    }
 }
 
 /// A started program, before a session takes it.

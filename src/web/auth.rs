@@ -467,6 +467,27 @@ pub async fn me(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Respo
     }
 }
 
+/// `GET /api/sessions`: the signed-in user's sessions (started in a browser or over SSH), as
+/// `ssh host sessions` lists them; open one with `/api/pty?ticket=…&session=ID`.
+pub async fn sessions(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Response {
+    match session_identity(&ctx, &headers) {
+        Some(id) => {
+            let list: Vec<_> = ctx
+                .hub
+                .of_user(&id.user_id)
+                .iter()
+                .map(|s| s.describe())
+                .collect();
+            Json(list).into_response()
+        }
+        None => (
+            StatusCode::UNAUTHORIZED,
+            Json(serde_json::json!({"error": "not signed in"})),
+        )
+            .into_response(),
+    }
+}
+
 /// `POST /api/auth/ws-ticket`: a 30-second, single-use ticket for `/api/pty`, for the session's
 /// identity (the same shape as the Hermes dashboard's).
 pub async fn ws_ticket(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Response {

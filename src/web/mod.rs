@@ -61,6 +61,14 @@ pub struct WebContext {
     pub trusted_proxies: Vec<String>,
     /// Failed logins and bans, shared with the SSH front.
     pub bans: Arc<dyn crate::identity::limits::Bans>,
+    /// The node's sessions, shared with the SSH front.
+    pub hub: Arc<crate::sessions::Hub>,
+    /// How long a session waits for a client, and its scrollback.
+    pub detach: crate::sessions::DetachPolicy,
+    /// `[limits] idle_timeout`.
+    pub idle_timeout: Duration,
+    /// `[recording] dir`, when sessions are recorded.
+    pub recording_dir: Option<std::path::PathBuf>,
 }
 
 impl WebContext {
@@ -121,6 +129,7 @@ pub fn router(ctx: Arc<WebContext>) -> Router {
         .route("/api/auth/me", get(auth::me))
         .route("/api/auth/ws-ticket", post(auth::ws_ticket))
         .route("/api/pty", get(pty::pty))
+        .route("/api/sessions", get(auth::sessions))
         .route("/metrics", get(metrics))
         .with_state(ctx)
 }

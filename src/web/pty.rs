@@ -10,19 +10,24 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::WebContext;
 use crate::identity::tickets::Purpose;
 use crate::identity::Identity;
 use crate::launcher::{self, SessionEnv, TermSize, TerminalModes};
+use crate::ops::recording::Recorder;
 use crate::ops::sessions::{NewSession, SessionGuard};
 use crate::ops::Event;
+use crate::sessions::supervise::{supervise, Presence, Rules, Started};
+use crate::sessions::Running;
 
 /// Query of `/api/pty`. Only the ticket carries identity; the size is cosmetic.
 #[derive(Deserialize)]
 pub struct PtyQuery {
     ticket: Option<String>,
+    /// One of the user's running sessions to attach, instead of starting a program.
+    session: Option<String>,
     cols: Option<u32>,
     rows: Option<u32>,
 }
@@ -64,6 +69,17 @@ pub async fn pty(
         }
     };
     let size = TermSize::clamped(q.cols.unwrap_or(80), q.rows.unwrap_or(24), 0, 0);
+    if let Some(id) = q.session.as_deref() {
+        // Only the ticket's user's own sessions, whatever the id.
+        let Some(session) = ctx.hub.own(&identity.user_id, id) else {
+            return (StatusCode::NOT_FOUND, "no such session of yours\n").into_response();
+        };
+        let remote = ctx.client_ip(peer, &headers).to_string();
+        return ws
+            .max_message_size(ctx.max_message_size)
+            .max_frame_size(ctx.max_message_size)
+            .on_upgrade(move |socket| attach_browser(ctx, session, size, socket, remote));
+    }
     let launch = ctx.launch.load_full();
     let remote = ctx.client_ip(peer, &headers).to_string();
     let guard = match ctx
@@ -106,7 +122,7 @@ async fn run(
     ctx: Arc<WebContext>,
     identity: Identity,
     size: TermSize,
-    mut socket: WebSocket,
+    socket: WebSocket,
     guard: SessionGuard,
     launch: Arc<crate::launcher::LaunchSpec>,
 ) {
@@ -124,6 +140,7 @@ async fn run(
         Ok(p) => launcher::spawn_pty(p, size, TerminalModes::default()).await,
         Err(e) => Err(e),
     };
+    let (mut sink, stream) = socket.split();
     let mut process = match spawned {
         Ok(p) => p,
         Err(e) => {
@@ -135,12 +152,12 @@ async fn run(
                     what: a.to_string(),
                 });
             }
-            let _ = socket
+            let _ = sink
                 .send(Message::Text(
                     format!("\r\nThe program could not be started: {e}\r\n").into(),
                 ))
                 .await;
-            let _ = socket.close().await;
+            let _ = sink.close().await;
             return;
         }
     };
@@ -149,117 +166,167 @@ async fn run(
         session_id = live.id,
         "web session started"
     );
-    let started = std::time::Instant::now();
     ctx.ops.emit(live.started(
         Some((size.cols, size.rows)),
         &process.account().name,
         process.account().uid,
     ));
-    let Some(io) = process.take_io() else {
+    let (Some(io), Some(pty)) = (process.take_io(), process.resizer()) else {
         return;
     };
-    let resizer = process.resizer();
-    let (mut sink, mut stream) = socket.split();
-    let mut output = io.output;
-    let mut input = io.input;
+    let recorder = match &ctx.recording_dir {
+        Some(dir) => Recorder::start(dir, &live.user, live.id, size.cols, size.rows, "xterm-256color")
+            .await
+            .map_err(|e| tracing::error!(error = %e, "cannot start the session recording; the session goes on"))
+            .ok(),
+        None => None,
+    };
+    let detachable = !ctx.detach.timeout.is_zero();
+    let session = Running::new(
+        identity.user_id.clone(),
+        live.command.clone(),
+        live.clone(),
+        pty,
+        size,
+        detachable.then_some(ctx.detach.scrollback),
+    );
+    // The browser is the first client, attached before any output is read.
+    let (writer, forward) = browser_writer(sink);
+    let attachment = session.attach_fresh(writer).await;
+    let out = tokio::spawn(crate::sessions::pump(io.output, session.clone(), recorder));
+    drop(io.input);
+    if detachable {
+        ctx.hub.insert(session.clone());
+    }
+    let started = Started {
+        process,
+        live,
+        guard,
+        out,
+        err: None,
+        started: std::time::Instant::now(),
+    };
+    let rules = Rules {
+        ops: ctx.ops.clone(),
+        shutdown: ctx.shutdown.clone(),
+        idle: ctx.idle_timeout,
+    };
+    let presence = Presence::Clients {
+        session: session.clone(),
+        after: ctx.detach.timeout,
+    };
+    let (hub, watched) = (ctx.hub.clone(), session.clone());
+    tokio::spawn(async move {
+        let outcome = supervise(started, rules, presence, watched.as_ref()).await;
+        let unseen = !watched.is_attached();
+        watched.finish(outcome.clone()).await;
+        hub.remove(&watched, unseen.then_some(&outcome));
+    });
+    serve_browser(&ctx, session, attachment, stream, forward).await;
+}
 
-    // Program → browser. `sink.send` waits for the socket, so a slow browser pauses the program.
-    let live_out = live.clone();
-    let out = tokio::spawn(async move {
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match output.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if sink
-                        .send(Message::Binary(buf[..n].to_vec().into()))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                    live_out.output(n);
-                }
+/// A browser attaches a running session: it gets the screen as it stands, then live output.
+async fn attach_browser(
+    ctx: Arc<WebContext>,
+    session: Arc<Running>,
+    size: TermSize,
+    socket: WebSocket,
+    remote: String,
+) {
+    let (sink, stream) = socket.split();
+    let (writer, forward) = browser_writer(sink);
+    let attachment = session.attach(writer, Some(size)).await;
+    tracing::info!(user = %session.user, session = session.id, "browser attached");
+    ctx.ops.emit(Event::Attachment {
+        owner: session.user.to_string(),
+        actor: session.user.to_string(),
+        session: session.id.clone(),
+        remote,
+        what: "attach",
+    });
+    serve_browser(&ctx, session, attachment, stream, forward).await;
+}
+
+/// A client's output sink that sends binary frames to the browser, and the task that does
+/// it (which hands the socket back when the session lets the client go).
+fn browser_writer(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+) -> (
+    crate::sessions::Sink,
+    tokio::task::JoinHandle<futures_util::stream::SplitSink<WebSocket, Message>>,
+) {
+    // A few chunks in flight; a slow browser then pauses the program, as with SSH.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+    let forward = tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            if sink.send(Message::Binary(b)).await.is_err() {
+                break;
             }
         }
         sink
     });
+    let writer = tokio_util::io::SinkWriter::new(tokio_util::io::CopyToBytes::new(
+        tokio_util::sync::PollSender::new(tx)
+            .sink_map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe)),
+    ));
+    (Box::new(writer), forward)
+}
+
+/// Keystrokes and resizes from the browser into the session, until the browser leaves (the
+/// session is detached) or the session lets it go (it ended, or another client took it).
+async fn serve_browser(
+    ctx: &WebContext,
+    session: Arc<Running>,
+    attachment: crate::sessions::Attachment,
+    mut stream: futures_util::stream::SplitStream<WebSocket>,
+    forward: tokio::task::JoinHandle<futures_util::stream::SplitSink<WebSocket, Message>>,
+) {
+    let mut input = session.input();
     let browser = async {
         while let Some(Ok(msg)) = stream.next().await {
-            let keep = match msg {
+            match msg {
                 Message::Binary(b) => {
-                    live.input(b.len());
-                    input.write_all(&b).await.is_ok()
+                    session.live.input(b.len());
+                    if input.write_all(&b).await.is_err() {
+                        break;
+                    }
                 }
                 Message::Text(t) => {
                     if let Ok(c) = serde_json::from_str::<Control>(&t) {
-                        if let (true, Some(r), Some(cols), Some(rows)) =
-                            (c.kind == "resize", &resizer, c.cols, c.rows)
+                        if let (true, Some(cols), Some(rows)) = (c.kind == "resize", c.cols, c.rows)
                         {
-                            let _ = r.resize(TermSize::clamped(cols, rows, 0, 0));
+                            session.resize(TermSize::clamped(cols, rows, 0, 0));
                         }
                     }
-                    true
                 }
-                Message::Close(_) => false,
-                _ => true,
-            };
-            if !keep {
-                break;
+                Message::Close(_) => break,
+                _ => {}
             }
         }
     };
-    let limit_hit = process.limit_hit();
-    let (status, mut limit) = tokio::select! {
-        s = process.exited() => (Some(s), None),
-        hit = limit_hit => (None, Some(hit)),
-        _ = browser => (None, None),
-        _ = live.end.cancelled() => (None, None),
-        _ = ctx.shutdown.terminate.cancelled() => (None, None),
-    };
-    let group = process.group();
-    let exit_status = status.map(|s| s.exit_code());
-    if let Some(st) = status {
-        tracing::info!(code = st.exit_code(), "program exited");
-        limit = process.confinement().explain(st.signal);
-    }
-    let notice = limit.map(|hit| {
-        tracing::warn!(
-            limit = hit.as_str(),
-            "web session stopped at a resource limit"
-        );
-        process.confinement().describe(hit)
-    });
-    if status.is_none() && limit.is_none() {
-        tracing::info!("web session ending; ending the program");
-        out.abort();
-        // The whole group, as for SSH.
-        group.terminate().await;
-        drop(process);
-    } else {
-        group.terminate().await;
-        drop(process);
-        if let Ok(Ok(mut sink)) =
-            tokio::time::timeout(std::time::Duration::from_millis(300), out).await
-        {
-            if let Some(text) = &notice {
-                let line = format!("\r\n[hermes-ssh-gateway] {text}\r\n");
-                let _ = sink.send(Message::Binary(line.into_bytes().into())).await;
+    tokio::select! {
+        _ = browser => {
+            session.detach(&attachment).await;
+            if !ctx.detach.timeout.is_zero() {
+                tracing::info!(session = session.id, "browser left; session detached");
             }
-            let reason = match (status, limit) {
-                (_, Some(hit)) => format!("limit {}", hit.as_str()),
-                (Some(st), None) => format!("exit {}", st.exit_code()),
-                (None, None) => String::new(),
-            };
-            let _ = sink
-                .send(Message::Close(Some(CloseFrame {
-                    code: 1000,
-                    reason: reason.into(),
-                })))
-                .await;
+        }
+        _ = attachment.gone.cancelled() => {
+            let outcome = session.outcome().borrow().clone();
+            // The session dropped this client's writer: the socket comes back for the end.
+            if let Ok(mut sink) = forward.await {
+                let (notice, reason) = match &outcome {
+                    Some(o) => (o.notice.clone(), o.code.map(|c| format!("exit {c}")).unwrap_or_default()),
+                    None => (Some(format!("session {} was attached from elsewhere", session.id)), String::new()),
+                };
+                if let Some(text) = notice {
+                    let line = format!("\r\n[hermes-ssh-gateway] {text}\r\n");
+                    let _ = sink.send(Message::Binary(line.into_bytes().into())).await;
+                }
+                let _ = sink
+                    .send(Message::Close(Some(CloseFrame { code: 1000, reason: reason.into() })))
+                    .await;
+            }
         }
     }
-    ctx.ops
-        .emit(live.end_event(started, exit_status, limit.map(|l| l.as_str())));
-    drop(guard);
 }

@@ -94,12 +94,14 @@ impl Web {
         Self::start_with(
             &format!("[session]\ncommand = [\"/bin/sh\"]\n{extra_session}"),
             extra_web,
+            "",
             wrapper,
         )
     }
 
-    /// Like [`Web::start`], with a whole `[session]` section of the caller's.
-    pub fn start_with(session: &str, extra_web: &str, wrapper: &[&str]) -> Web {
+    /// Like [`Web::start`], with a whole `[session]` section of the caller's, and `extra_oidc`
+    /// lines in `[oidc]`.
+    pub fn start_with(session: &str, extra_web: &str, extra_oidc: &str, wrapper: &[&str]) -> Web {
         let tmp = tempfile::tempdir().unwrap();
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
@@ -108,7 +110,7 @@ impl Web {
             "",
             &format!(
                 "{session}\n[web]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{url}\"\n{extra_web}\n{}",
-                oidc_section(&idp.issuer, "")
+                oidc_section(&idp.issuer, extra_oidc)
             ),
         );
         let gw = Gateway::start_wrapped(tmp.path(), &cfg, &[], wrapper);
