@@ -327,3 +327,33 @@ fn a_session_moves_between_the_terminal_and_the_browser() {
         Some(404)
     );
 }
+
+#[test]
+fn several_clients_share_a_session_and_the_pty_follows_the_one_typing() {
+    let (_tmp, gw, key) = gateway("5m", "echo READY; exec sh");
+    let a = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
+    assert!(a.expect("READY", T));
+    let mut ssh = gw.ssh(&key);
+    ssh.args(["127.0.0.1", "sessions"]);
+    let listed: serde_json::Value = serde_json::from_str(text(&run(ssh, T).stdout).trim()).unwrap();
+    let id = listed["id"].as_str().unwrap().to_owned();
+    assert_eq!(listed["clients"], 1);
+    let mut args = gw.pty_args(&key);
+    args.insert(args.len() - 1, "-t".into());
+    args.extend(["attach".into(), id]);
+    let mut b = PtyClient::spawn(&args, 100, 30);
+    // Each sees who else is there.
+    assert!(a.expect("is attached too (2 clients)", T), "{}", a.output());
+    // Input from either goes in, output goes to both; the PTY takes the typing client's size.
+    b.send("stty size\r");
+    assert!(b.expect("30 100", T), "{}", b.output());
+    assert!(a.expect("30 100", T), "{}", a.output());
+    let mut a = a;
+    a.send("stty size\r");
+    assert!(a.expect("24 80", T), "{}", a.output());
+    assert!(b.expect("24 80", T), "{}", b.output());
+    b.kill_hard();
+    assert!(a.expect("left (1 clients)", T), "{}", a.output());
+    a.send("echo STILL-$((6*7))\r");
+    assert!(a.expect("STILL-42", T));
+}

@@ -39,9 +39,17 @@ pub struct Outcome {
 
 struct Client {
     sink: Sink,
-    /// Cancelled when this client is replaced or the session ends.
+    /// Cancelled when this client is dropped or the session ends.
     gone: CancellationToken,
+    /// "alice from 192.0.2.7", for the other clients' notices.
+    who: String,
+    /// Watchers see the output; their keystrokes are never delivered, and they do not keep a
+    /// session attached.
+    watcher: bool,
 }
+
+/// A client's terminal size, shared between the session and the client's input.
+type ClientSize = Arc<Mutex<Option<TermSize>>>;
 
 /// A running program that clients attach to.
 pub struct Running {
@@ -56,11 +64,16 @@ pub struct Running {
     /// The admin/metrics record.
     pub live: Arc<LiveSession>,
     pty: Resizer,
+    /// The PTY's size now.
+    size: Mutex<TermSize>,
     /// The terminal model; absent when the session cannot be reattached (no detach timeout),
     /// which spares every byte of output the parsing.
     screen: Option<Mutex<vt100::Parser>>,
-    client: tokio::sync::Mutex<Option<Client>>,
+    clients: tokio::sync::Mutex<Vec<Client>>,
+    /// Whether a client that is not a watcher is attached.
     attached: watch::Sender<bool>,
+    /// Clients and watchers now, for listings.
+    counts: Mutex<(usize, usize)>,
     outcome: watch::Sender<Option<Outcome>>,
     last_output_ms: std::sync::atomic::AtomicU64,
 }
@@ -75,10 +88,25 @@ impl std::fmt::Debug for Running {
 }
 
 /// One client's hold on a session.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Attachment {
-    /// Cancelled when another client takes the session over, or the session ends.
+    /// Cancelled when the session lets this client go (it ended, or the client failed).
     pub gone: CancellationToken,
+    size: ClientSize,
+    watcher: bool,
+}
+
+/// Who is attaching, and how.
+#[derive(Debug, Clone)]
+pub struct Joining {
+    /// "alice from 192.0.2.7": what the other clients are told.
+    pub who: String,
+    /// The client's terminal size, when it has one.
+    pub size: Option<TermSize>,
+    /// Read-only: output only, keystrokes dropped.
+    pub watcher: bool,
+    /// Send the screen as it stands first (false only for a new session's first client).
+    pub restore: bool,
 }
 
 impl Running {
@@ -99,107 +127,146 @@ impl Running {
             started: SystemTime::now(),
             live,
             pty,
+            size: Mutex::new(size),
             screen: scrollback.map(|n| Mutex::new(vt100::Parser::new(size.rows, size.cols, n))),
-            client: tokio::sync::Mutex::new(None),
+            clients: tokio::sync::Mutex::new(Vec::new()),
             attached: watch::channel(false).0,
+            counts: Mutex::new((0, 0)),
             outcome: watch::channel(None).0,
             last_output_ms: Default::default(),
         })
     }
 
-    /// Attaches `sink` as the session's client (taking it over from any other), sized `size`:
-    /// the client first receives the screen as it stands, then live output.
-    pub async fn attach(&self, mut sink: Sink, size: Option<TermSize>) -> Attachment {
-        let mut client = self.client.lock().await;
-        if let Some(old) = client.take() {
-            old.gone.cancel();
-        }
-        let snapshot = match &self.screen {
-            Some(m) => restore_bytes(m.lock().unwrap_or_else(|p| p.into_inner()).screen()),
-            None => Vec::new(),
-        };
-        if let Some(size) = size {
-            self.resize(size);
-        }
+    /// Attaches a client beside any others. With `restore` it first receives the screen as it
+    /// stands; then live output. A client that is not a watcher gives the PTY its size.
+    pub async fn attach(&self, mut sink: Sink, joining: Joining) -> Attachment {
+        let mut clients = self.clients.lock().await;
         let gone = CancellationToken::new();
-        if sink.write_all(&snapshot).await.is_ok() {
-            *client = Some(Client {
-                sink,
-                gone: gone.clone(),
-            });
-            self.attached.send_replace(true);
-        } else {
-            gone.cancel();
-        }
-        Attachment { gone }
-    }
-
-    /// Attaches the first client of a new session: nothing to restore yet, so its terminal is
-    /// left as it is.
-    pub async fn attach_fresh(&self, sink: Sink) -> Attachment {
-        let mut client = self.client.lock().await;
-        let gone = CancellationToken::new();
-        *client = Some(Client {
-            sink,
+        let size: ClientSize = Arc::new(Mutex::new(joining.size));
+        let attachment = Attachment {
             gone: gone.clone(),
+            size: size.clone(),
+            watcher: joining.watcher,
+        };
+        if joining.restore {
+            let snapshot = match &self.screen {
+                Some(m) => restore_bytes(lock(m).screen()),
+                None => Vec::new(),
+            };
+            if sink.write_all(&snapshot).await.is_err() {
+                gone.cancel();
+                return attachment;
+            }
+        }
+        if let (Some(s), false) = (joining.size, joining.watcher) {
+            self.set_size(s);
+        }
+        let role = if joining.watcher {
+            "watching"
+        } else {
+            "attached"
+        };
+        let line = notice_line(&format!(
+            "{} is {role} too ({} clients)",
+            joining.who,
+            clients.len() + 1
+        ));
+        for c in clients.iter_mut() {
+            let _ = c.sink.write_all(&line).await;
+        }
+        clients.push(Client {
+            sink,
+            gone,
+            who: joining.who,
+            watcher: joining.watcher,
         });
-        self.attached.send_replace(true);
-        Attachment { gone }
+        self.recount(&clients);
+        attachment
     }
 
-    /// The client of `attachment` went away: the session is detached (if it was still theirs).
+    /// The client of `attachment` went away; the others are told. With no client left that is
+    /// not a watcher, the session is detached.
     pub async fn detach(&self, attachment: &Attachment) {
-        let mut client = self.client.lock().await;
-        if client
-            .as_ref()
-            .is_some_and(|c| c.gone == attachment.gone || c.gone.is_cancelled())
-        {
-            *client = None;
-            self.attached.send_replace(false);
+        let mut clients = self.clients.lock().await;
+        let Some(i) = clients.iter().position(|c| c.gone == attachment.gone) else {
+            return;
+        };
+        let left = clients.remove(i);
+        let line = notice_line(&format!("{} left ({} clients)", left.who, clients.len()));
+        for c in clients.iter_mut() {
+            let _ = c.sink.write_all(&line).await;
+        }
+        self.recount(&clients);
+    }
+
+    fn recount(&self, clients: &[Client]) {
+        let watchers = clients.iter().filter(|c| c.watcher).count();
+        *lock(&self.counts) = (clients.len() - watchers, watchers);
+        self.attached.send_replace(clients.len() > watchers);
+    }
+
+    /// A writer into the program for `attachment`'s keystrokes: typing makes that client the
+    /// active one (the PTY takes its size). A watcher's writer drops everything.
+    pub fn input_for(self: &Arc<Self>, attachment: &Attachment) -> Sink {
+        if attachment.watcher {
+            return Box::new(tokio::io::sink());
+        }
+        Box::new(ClientInput {
+            session: self.clone(),
+            size: attachment.size.clone(),
+            inner: self.pty.writer(),
+        })
+    }
+
+    /// `attachment`'s terminal was resized: the PTY follows (that client is the active one).
+    pub fn resize_from(&self, attachment: &Attachment, size: TermSize) {
+        *lock(&attachment.size) = Some(size);
+        if !attachment.watcher {
+            self.set_size(size);
         }
     }
 
-    /// A writer into the program, for a client's keystrokes.
-    pub fn input(&self) -> Sink {
-        self.pty.writer()
-    }
-
-    /// The PTY takes `size` (the most recently active client's).
-    pub fn resize(&self, size: TermSize) {
+    /// The PTY and the terminal model take `size`.
+    fn set_size(&self, size: TermSize) {
+        let mut now = lock(&self.size);
+        if *now == size {
+            return;
+        }
+        *now = size;
         let _ = self.pty.resize(size);
         if let Some(m) = &self.screen {
-            let mut screen = m.lock().unwrap_or_else(|p| p.into_inner());
-            screen.screen_mut().set_size(size.rows, size.cols);
+            lock(m).screen_mut().set_size(size.rows, size.cols);
         }
     }
 
-    /// Program output: into the terminal model, then to the client if there is one. Waiting
-    /// for the client is the backpressure; a client that fails is detached, never waited for.
+    /// Program output: into the terminal model, then to every client. Waiting for the clients
+    /// is the backpressure; a client that fails is dropped, never waited for again.
     pub async fn output(&self, chunk: &[u8]) {
         self.last_output_ms
             .store(crate::ops::now_ms(), std::sync::atomic::Ordering::Relaxed);
-        let mut client = self.client.lock().await;
+        let mut clients = self.clients.lock().await;
         if let Some(m) = &self.screen {
-            m.lock().unwrap_or_else(|p| p.into_inner()).process(chunk);
+            lock(m).process(chunk);
         }
-        if let Some(c) = client.as_mut() {
-            // Whoever would replace or drop this client waits for the lock this write holds,
-            // so there is nothing to race against here.
+        let mut failed = false;
+        for c in clients.iter_mut() {
+            // Whoever would drop a client waits for the lock this write holds.
             if c.sink.write_all(chunk).await.is_err() {
-                if let Some(c) = client.take() {
-                    c.gone.cancel();
-                }
-                self.attached.send_replace(false);
+                c.gone.cancel();
+                failed = true;
             }
+        }
+        if failed {
+            clients.retain(|c| !c.gone.is_cancelled());
+            self.recount(&clients);
         }
     }
 
     /// A line from the gateway for the attached client (lost when nobody is attached).
     pub async fn notice(&self, text: &str) {
-        let mut client = self.client.lock().await;
-        if let Some(c) = client.as_mut() {
-            let line = format!("\r\n[hermes-ssh-gateway] {text}\r\n");
-            let _ = c.sink.write_all(line.as_bytes()).await;
+        let line = notice_line(text);
+        for c in self.clients.lock().await.iter_mut() {
+            let _ = c.sink.write_all(&line).await;
         }
     }
 
@@ -221,12 +288,12 @@ impl Running {
 
     /// The session is over: its client (if any) is let go with `outcome`.
     pub async fn finish(&self, outcome: Outcome) {
-        let mut client = self.client.lock().await;
+        let mut clients = self.clients.lock().await;
         self.outcome.send_replace(Some(outcome));
-        if let Some(c) = client.take() {
+        for c in clients.drain(..) {
             c.gone.cancel();
         }
-        self.attached.send_replace(false);
+        self.recount(&clients);
     }
 
     /// Watches for the end.
@@ -241,13 +308,60 @@ impl Running {
                 .map(|d| d.as_secs())
                 .unwrap_or(0)
         };
+        let (clients, watchers) = *lock(&self.counts);
         serde_json::json!({
             "id": self.id,
             "state": if self.is_attached() { "attached" } else { "detached" },
+            "clients": clients,
+            "watchers": watchers,
             "started": secs(self.started),
             "last_output": self.last_output_ms() / 1000,
             "command": self.command,
         })
+    }
+}
+
+/// A std mutex's guard, whether or not a panicking holder poisoned it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn notice_line(text: &str) -> Vec<u8> {
+    format!("\r\n[hermes-ssh-gateway] {text}\r\n").into_bytes()
+}
+
+/// A client's keystrokes into the PTY; the client that types is the active one, whose size
+/// the PTY takes.
+struct ClientInput {
+    session: Arc<Running>,
+    size: ClientSize,
+    inner: Sink,
+}
+
+impl AsyncWrite for ClientInput {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if let Some(size) = *lock(&self.size) {
+            self.session.set_size(size);
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

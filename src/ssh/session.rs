@@ -28,7 +28,7 @@ use crate::ops::recording::Recorder;
 use crate::ops::sessions::NewSession;
 use crate::ops::{Event, LiveSession};
 use crate::sessions::supervise::{supervise, Notify, Presence, Rules, Started};
-use crate::sessions::{Attachment, Running};
+use crate::sessions::{Attachment, Joining, Running};
 use secrecy::ExposeSecret;
 
 /// Input chunks queued for the sign-in screen or a prompt before the client is slowed down
@@ -62,8 +62,8 @@ pub struct PtyParams {
 #[derive(Default)]
 struct ResizeSlot {
     size: Option<TermSize>,
-    /// The session this channel is a client of (its PTY and terminal model take the size).
-    session: Option<Arc<Running>>,
+    /// The session this channel is a client of, and its hold on it (the PTY follows its size).
+    session: Option<(Arc<Running>, Attachment)>,
     recorder: Option<Recorder>,
 }
 
@@ -237,8 +237,8 @@ impl Channels {
             // Recording is best effort and must not block the connection's handler.
             tokio::spawn(async move { rec.resize(size.cols, size.rows).await });
         }
-        if let Some(session) = &r.session {
-            session.resize(size);
+        if let Some((session, attachment)) = &r.session {
+            session.resize_from(attachment, size);
         }
         true
     }
@@ -836,17 +836,12 @@ impl Job {
         );
         let recorder = started.recorder.take();
         if let Ok(mut slot) = self.resize.lock() {
-            // A window-change may have arrived while the program was starting.
-            if let Some(size) = slot.size {
-                session.resize(size);
-            }
-            slot.session = Some(session.clone());
             slot.recorder = recorder.clone();
         }
         // The first client is attached before any output is read: a program that prints and
-        // exits at once must not print to nobody.
-        let sink: crate::sessions::Sink = Box::new(self.writer.make_writer());
-        let attachment = session.attach_fresh(sink).await;
+        // exits at once must not print to nobody. Its size is the latest (a window-change may
+        // have arrived while the program was starting).
+        let attachment = self.join(&session, false).await;
         let out = tokio::spawn(crate::sessions::pump(io.output, session.clone(), recorder));
         drop(io.input);
         // Only a session that can outlive its client is one others may find and attach.
@@ -879,14 +874,25 @@ impl Job {
 
     /// Reattaches `session`: this client gets its screen as it stands, then live output.
     async fn attach_to(self, session: Arc<Running>) {
-        let size = current_size(&self.resize);
-        if let Ok(mut slot) = self.resize.lock() {
-            slot.session = Some(session.clone());
-        }
-        let sink: crate::sessions::Sink = Box::new(self.writer.make_writer());
-        let attachment = session.attach(sink, size).await;
+        let attachment = self.join(&session, true).await;
         self.audit_attachment(&session, "attach");
         self.serve_client(session, attachment).await
+    }
+
+    /// This channel becomes a client of `session`, beside any others.
+    async fn join(&self, session: &Arc<Running>, restore: bool) -> Attachment {
+        let sink: crate::sessions::Sink = Box::new(self.writer.make_writer());
+        let joining = Joining {
+            who: format!("{} from {}", session.user, self.ctx_remote()),
+            size: current_size(&self.resize).or(self.pty.as_ref().map(|p| p.size)),
+            watcher: false,
+            restore,
+        };
+        let attachment = session.attach(sink, joining).await;
+        if let Ok(mut slot) = self.resize.lock() {
+            slot.session = Some((session.clone(), attachment.clone()));
+        }
+        attachment
     }
 
     /// `attach` / `detach` in the audit log.
@@ -904,7 +910,7 @@ impl Job {
     /// another client takes it over, or it ends.
     async fn serve_client(mut self, session: Arc<Running>, attachment: Attachment) {
         let user = session.user.to_string();
-        self.feed_input(session.input(), &session.live);
+        self.feed_input(session.input_for(&attachment), &session.live);
         let mut outcome = session.outcome();
         tokio::select! {
             _ = self.closed.cancelled() => {
@@ -939,12 +945,8 @@ impl Job {
                             finish(&self.writer, code).await;
                         }
                     }
-                    None => {
-                        ChannelNotice(&self.writer)
-                            .notice(&format!("session {} was attached from elsewhere", session.id))
-                            .await;
-                        finish(&self.writer, 0).await;
-                    }
+                    // The session dropped this client (it could not be written to).
+                    None => finish(&self.writer, 255).await,
                 }
             }
         }

@@ -20,7 +20,7 @@ use crate::ops::recording::Recorder;
 use crate::ops::sessions::{NewSession, SessionGuard};
 use crate::ops::Event;
 use crate::sessions::supervise::{supervise, Presence, Rules, Started};
-use crate::sessions::Running;
+use crate::sessions::{Joining, Running};
 
 /// Query of `/api/pty`. Only the ticket carries identity; the size is cosmetic.
 #[derive(Deserialize)]
@@ -192,7 +192,13 @@ async fn run(
     );
     // The browser is the first client, attached before any output is read.
     let (writer, forward) = browser_writer(sink);
-    let attachment = session.attach_fresh(writer).await;
+    let joining = Joining {
+        who: format!("{} from {} (browser)", identity.user_id, live.remote),
+        size: Some(size),
+        watcher: false,
+        restore: false,
+    };
+    let attachment = session.attach(writer, joining).await;
     let out = tokio::spawn(crate::sessions::pump(io.output, session.clone(), recorder));
     drop(io.input);
     if detachable {
@@ -235,7 +241,13 @@ async fn attach_browser(
 ) {
     let (sink, stream) = socket.split();
     let (writer, forward) = browser_writer(sink);
-    let attachment = session.attach(writer, Some(size)).await;
+    let joining = Joining {
+        who: format!("{} from {remote} (browser)", session.user),
+        size: Some(size),
+        watcher: false,
+        restore: true,
+    };
+    let attachment = session.attach(writer, joining).await;
     tracing::info!(user = %session.user, session = session.id, "browser attached");
     ctx.ops.emit(Event::Attachment {
         owner: session.user.to_string(),
@@ -281,7 +293,7 @@ async fn serve_browser(
     mut stream: futures_util::stream::SplitStream<WebSocket>,
     forward: tokio::task::JoinHandle<futures_util::stream::SplitSink<WebSocket, Message>>,
 ) {
-    let mut input = session.input();
+    let mut input = session.input_for(&attachment);
     let browser = async {
         while let Some(Ok(msg)) = stream.next().await {
             match msg {
@@ -295,7 +307,7 @@ async fn serve_browser(
                     if let Ok(c) = serde_json::from_str::<Control>(&t) {
                         if let (true, Some(cols), Some(rows)) = (c.kind == "resize", c.cols, c.rows)
                         {
-                            session.resize(TermSize::clamped(cols, rows, 0, 0));
+                            session.resize_from(&attachment, TermSize::clamped(cols, rows, 0, 0));
                         }
                     }
                 }
@@ -317,7 +329,7 @@ async fn serve_browser(
             if let Ok(mut sink) = forward.await {
                 let (notice, reason) = match &outcome {
                     Some(o) => (o.notice.clone(), o.code.map(|c| format!("exit {c}")).unwrap_or_default()),
-                    None => (Some(format!("session {} was attached from elsewhere", session.id)), String::new()),
+                    None => (None, String::new()),
                 };
                 if let Some(text) = notice {
                     let line = format!("\r\n[hermes-ssh-gateway] {text}\r\n");
