@@ -534,6 +534,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         enroll_ttl,
         recheck_interval,
         hub,
+        tickets: tickets.clone(),
         detach,
         pending_timeout,
         web_link,

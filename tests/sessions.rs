@@ -357,3 +357,65 @@ fn several_clients_share_a_session_and_the_pty_follows_the_one_typing() {
     a.send("echo STILL-$((6*7))\r");
     assert!(a.expect("STILL-42", T));
 }
+
+#[test]
+fn a_shared_session_is_watched_read_only_once() {
+    let (tmp, gw, key) = gateway("5m", "echo READY-$HERMES_DASHBOARD_USER_ID; exec sh");
+    let bob = Keypair::new(tmp.path(), "bob_key");
+    gw.set_keys("bob", &bob.public_line);
+    assert!(gw.wait_log("users=2", T).is_some());
+    let mut alice = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
+    assert!(alice.expect("READY-alice", T));
+    let mut ssh = gw.ssh(&key);
+    ssh.args(["127.0.0.1", "sessions"]);
+    let listed: serde_json::Value = serde_json::from_str(text(&run(ssh, T).stdout).trim()).unwrap();
+    let id = listed["id"].as_str().unwrap().to_owned();
+    // Bob cannot share alice's session; alice can.
+    let mut ssh = gw.ssh(&bob);
+    ssh.args(["127.0.0.1", "share", &id]);
+    assert_eq!(run(ssh, T).status.code(), Some(1));
+    let mut ssh = gw.ssh(&key);
+    ssh.args(["127.0.0.1", "share", &id]);
+    let shared = text(&run(ssh, T).stdout);
+    let token = shared
+        .rsplit(" watch ")
+        .next()
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{shared}"))
+        .to_owned();
+    let watch_args = |k: &Keypair| {
+        let mut args = gw.pty_args(k);
+        args.insert(args.len() - 1, "-t".into());
+        args.extend(["watch".into(), token.clone()]);
+        args
+    };
+    let mut watcher = PtyClient::spawn(&watch_args(&bob), 80, 24);
+    assert!(
+        watcher.expect_screen("READY-alice", T),
+        "{}",
+        watcher.screen()
+    );
+    assert!(
+        alice.expect("bob from 127.0.0.1 (watching) is watching too", T),
+        "{}",
+        alice.output()
+    );
+    // The watcher sees what alice does; what the watcher types never reaches the program.
+    alice.send("echo ALICE-$((20+1))\r");
+    assert!(watcher.expect("ALICE-21", T), "{}", watcher.output());
+    watcher.send("echo MALLORY-$((30+3))\r");
+    alice.send("echo AFTER-$((50+5))\r");
+    assert!(alice.expect("AFTER-55", T));
+    assert!(watcher.expect("AFTER-55", T));
+    assert!(!alice.output().contains("MALLORY"), "{}", alice.output());
+    assert!(!alice.output().contains("33"), "{}", alice.output());
+    // The link is single-use.
+    let again = PtyClient::spawn(&watch_args(&bob), 80, 24);
+    assert!(again.expect("not valid", T), "{}", again.output());
+    watcher.kill_hard();
+    assert!(alice.expect("(watching) left", T), "{}", alice.output());
+    // Alice's session is still attached (a watcher leaving detaches nothing).
+    let mut ssh = gw.ssh(&key);
+    ssh.args(["127.0.0.1", "sessions"]);
+    assert!(text(&run(ssh, T).stdout).contains("\"state\":\"attached\""));
+}

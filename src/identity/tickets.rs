@@ -29,6 +29,8 @@ pub enum Purpose {
     Pty,
     /// Log a browser in (`/auth/ticket`), minted by `ssh host link`.
     WebLogin,
+    /// Watch a session read-only (`ssh host watch TOKEN`), minted by `ssh host share ID`.
+    Watch,
 }
 
 impl Purpose {
@@ -37,6 +39,7 @@ impl Purpose {
         match self {
             Purpose::Pty => "pty",
             Purpose::WebLogin => "web-login",
+            Purpose::Watch => "watch",
         }
     }
 }

@@ -69,6 +69,8 @@ pub struct SshContext {
     pub recheck_interval: Duration,
     /// This node's sessions that clients attach to.
     pub hub: Arc<crate::sessions::Hub>,
+    /// Tickets (watch links), shared with the other fronts and nodes.
+    pub tickets: Arc<dyn crate::identity::tickets::TicketStore>,
     /// How long a session waits for a client, and its scrollback.
     pub detach: crate::sessions::DetachPolicy,
     /// A pending connection is closed after this long.

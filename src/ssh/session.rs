@@ -42,6 +42,8 @@ pub const PRE_PROGRAM_WINDOW: u32 = 2 * 1024;
 const PROGRAM_WINDOW: u32 = 2 * 1024 * 1024;
 /// Bytes read from the program per write to the channel.
 const OUTPUT_CHUNK: usize = 32 * 1024;
+/// Lifetime of an `ssh host share` watch ticket.
+const WATCH_TTL: Duration = Duration::from_secs(300);
 /// Lifetime of an `ssh host link` URL.
 const LINK_TTL: Duration = Duration::from_secs(60);
 /// Most client variables accepted per channel.
@@ -363,6 +365,10 @@ pub enum Work {
     New,
     /// End one of the user's sessions.
     End(String),
+    /// Mint a single-use link that lets someone watch a session read-only.
+    Share(String),
+    /// Watch a session shared with this token (read-only).
+    Watch(String),
     /// Refuse with this message.
     Refuse(String),
 }
@@ -380,11 +386,13 @@ pub fn classify_exec(command: &str, policy: ExecPolicy) -> Work {
         Some("attach") if words.len() == 2 => Work::Attach(words[1].clone()),
         Some("new") if words.len() == 1 => Work::New,
         Some("end") if words.len() == 2 => Work::End(words[1].clone()),
+        Some("share") if words.len() == 2 => Work::Share(words[1].clone()),
+        Some("watch") if words.len() == 2 => Work::Watch(words[1].clone()),
         None => Work::Program(Vec::new()),
         Some(_) => match policy {
             ExecPolicy::Args => Work::Program(words),
             ExecPolicy::Refuse => Work::Refuse(format!(
-                "hermes-ssh-gateway: command {:?} is not available here; built-ins: whoami, link, logout, keys, keys revoke SHA256:…, sessions, attach ID, new, end ID (or connect without a command)",
+                "hermes-ssh-gateway: command {:?} is not available here; built-ins: whoami, link, logout, keys, keys revoke SHA256:…, sessions, attach ID, new, end ID, share ID, watch TOKEN (or connect without a command)",
                 command.trim()
             )),
         },
@@ -480,6 +488,8 @@ impl Job {
                         .await
                 }
             },
+            Work::Share(id) => self.share(&identity, &id).await,
+            Work::Watch(token) => self.watch(&identity, &token).await,
             Work::End(id) => match self.ctx.hub.own(&identity.user_id, &id) {
                 Some(session) => {
                     session.live.end_with("ended by its user");
@@ -492,6 +502,86 @@ impl Job {
                 }
             },
         }
+    }
+
+    /// `share ID`: a single-use, short-lived ticket that lets any signed-in user watch.
+    async fn share(&self, identity: &Identity, id: &str) {
+        if self.ctx.hub.own(&identity.user_id, id).is_none() {
+            return self
+                .refuse(&format!("hermes-ssh-gateway: no session {id:?} of yours"))
+                .await;
+        }
+        match self
+            .ctx
+            .tickets
+            .mint(identity, Purpose::Watch, WATCH_TTL)
+            .await
+        {
+            Ok(t) => {
+                let token = t.expose_secret().to_owned();
+                self.ctx.hub.share(&token, id);
+                self.ctx.ops.emit(Event::Ticket {
+                    op: "mint",
+                    purpose: Purpose::Watch.as_str(),
+                    ok: true,
+                });
+                tracing::info!(user = %identity.user_id, session = id, "watch ticket minted");
+                self.print(format!(
+                    "Anyone signed in to this gateway can watch session {id} (read-only) once, within {}:\n  ssh -t <this host> watch {token}\n",
+                    humantime::format_duration(WATCH_TTL)
+                ))
+                .await;
+                finish(&self.writer, 0).await;
+            }
+            Err(e) => {
+                tracing::error!(reason = %e, "minting a watch ticket failed");
+                self.refuse("hermes-ssh-gateway: cannot share right now")
+                    .await;
+            }
+        }
+    }
+
+    /// `watch TOKEN`: this user watches the shared session, read-only.
+    async fn watch(self, identity: &Identity, token: &str) {
+        let consumed = self.ctx.tickets.consume(token, Purpose::Watch).await;
+        self.ctx.ops.emit(Event::Ticket {
+            op: "consume",
+            purpose: Purpose::Watch.as_str(),
+            ok: consumed.is_ok(),
+        });
+        let session = match consumed {
+            Ok(owner) => self.ctx.hub.shared(token, &owner.user_id),
+            Err(reason) => {
+                tracing::warn!(user = %identity.user_id, %reason, "refused: watch ticket");
+                None
+            }
+        };
+        let (Some(session), true) = (session, self.pty.is_some()) else {
+            return self
+                .refuse("hermes-ssh-gateway: this watch link is not valid (used, expired, or its session ended); watching needs ssh -t")
+                .await;
+        };
+        let joining = Joining {
+            who: format!("{} from {} (watching)", identity.user_id, self.ctx_remote()),
+            size: current_size(&self.resize).or(self.pty.as_ref().map(|p| p.size)),
+            watcher: true,
+            restore: true,
+        };
+        let sink: crate::sessions::Sink = Box::new(self.writer.make_writer());
+        let attachment = session.attach(sink, joining).await;
+        let audit = |what| Event::Attachment {
+            owner: session.user.to_string(),
+            actor: identity.user_id.to_string(),
+            session: session.id.clone(),
+            remote: self.ctx_remote(),
+            what,
+        };
+        self.ctx.ops.emit(audit("watch_start"));
+        tracing::info!(user = %identity.user_id, owner = %session.user, session = session.id, "watching");
+        let end = audit("watch_end");
+        let ops = self.ctx.ops.clone();
+        self.serve_client(session, attachment).await;
+        ops.emit(end);
     }
 
     /// A plain login: sessions that ended while the user was away are reported, then the most
@@ -915,7 +1005,7 @@ impl Job {
         tokio::select! {
             _ = self.closed.cancelled() => {
                 session.detach(&attachment).await;
-                if !self.ctx.detach.timeout.is_zero() {
+                if !self.ctx.detach.timeout.is_zero() && !attachment.is_watcher() {
                     tracing::info!(user, session = session.id, "client left; session detached");
                     self.audit_attachment(&session, "detach");
                     // Over the cap, the longest-detached sessions end (reported at next login).
