@@ -419,3 +419,61 @@ fn a_shared_session_is_watched_read_only_once() {
     ssh.args(["127.0.0.1", "sessions"]);
     assert!(text(&run(ssh, T).stdout).contains("\"state\":\"attached\""));
 }
+
+#[test]
+fn with_several_detached_sessions_a_login_picks_one_or_starts_anew() {
+    let (_tmp, gw, key) = gateway("5m", "echo READY-$$; exec cat");
+    let mut args = gw.pty_args(&key);
+    args.insert(args.len() - 1, "-t".into());
+    args.push("new".into());
+    let mut pids = Vec::new();
+    for _ in 0..2 {
+        let mut c = PtyClient::spawn(&args, 80, 24);
+        assert!(c.expect("READY-", T));
+        let out = c.output();
+        pids.push(
+            out.split("READY-")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned(),
+        );
+        c.kill_hard();
+    }
+    assert!(eventually(T, || gw
+        .log()
+        .matches("session detached")
+        .count()
+        == 2));
+    // The picker lists both, the most recently active first; down + Enter attaches the other.
+    let mut c = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
+    assert!(c.expect_screen("Your sessions", T), "{}", c.screen());
+    c.send("\x1b[B");
+    c.send("\r");
+    assert!(
+        c.expect_screen(&format!("READY-{}", pids[0]), T),
+        "{}",
+        c.screen()
+    );
+    c.kill_hard();
+    assert!(eventually(T, || gw
+        .log()
+        .matches("session detached")
+        .count()
+        == 3));
+    // n starts a new one.
+    let mut c = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
+    assert!(c.expect_screen("Your sessions", T), "{}", c.screen());
+    c.send("n");
+    assert!(
+        eventually(T, || {
+            let o = c.output();
+            o.matches("READY-").count() >= 1
+                && !pids.iter().any(|p| o.contains(&format!("READY-{p}")))
+        }),
+        "{}",
+        c.output()
+    );
+}

@@ -29,6 +29,7 @@ use crate::ops::sessions::NewSession;
 use crate::ops::{Event, LiveSession};
 use crate::sessions::supervise::{supervise, Notify, Presence, Rules, Started};
 use crate::sessions::{Attachment, Joining, Running};
+use crate::tui::picker::{Choice, Entry as PickerEntry, Picker};
 use secrecy::ExposeSecret;
 
 /// Input chunks queued for the sign-in screen or a prompt before the client is slowed down
@@ -586,23 +587,85 @@ impl Job {
 
     /// A plain login: sessions that ended while the user was away are reported, then the most
     /// recently active detached session is resumed, or a new program starts.
-    async fn resume_or_start(self, identity: Identity) {
+    async fn resume_or_start(mut self, identity: Identity) {
         for line in self.ctx.hub.take_reports(&identity.user_id) {
             ChannelNotice(&self.writer).notice(&line).await;
         }
-        let detached = self
+        let detached: Vec<_> = self
             .ctx
             .hub
             .of_user(&identity.user_id)
             .into_iter()
-            .find(|s| !s.is_attached());
-        match detached {
-            Some(session) if self.pty.is_some() => {
+            .filter(|s| !s.is_attached())
+            .collect();
+        if self.pty.is_none() || detached.is_empty() {
+            return self.run_program(identity, Vec::new()).await;
+        }
+        let choice = if detached.len() == 1 {
+            Choice::Attach(0)
+        } else {
+            self.pick(&detached).await
+        };
+        match choice {
+            Choice::Attach(i) => {
+                let session = detached[i].clone();
                 tracing::info!(user = %identity.user_id, session = session.id, "reattaching");
                 self.attach_to(session).await
             }
-            _ => self.run_program(identity, Vec::new()).await,
+            Choice::New => self.run_program(identity, Vec::new()).await,
+            Choice::Quit => finish(&self.writer, 0).await,
         }
+    }
+
+    /// Several detached sessions: the user picks one (or a new one) on a ratatui screen.
+    async fn pick(&mut self, sessions: &[Arc<Running>]) -> Choice {
+        let now = crate::ops::now_ms();
+        let entries = sessions
+            .iter()
+            .map(|s| {
+                let started = chrono::DateTime::<chrono::Utc>::from(s.started);
+                let quiet = now.saturating_sub(s.last_output_ms().max(s.live.started_ms)) / 1000;
+                PickerEntry {
+                    id: s.id.clone(),
+                    started: started.format("%H:%M UTC").to_string(),
+                    last_output: match quiet {
+                        0..60 => format!("{quiet}s ago"),
+                        60..3600 => format!("{}m ago", quiet / 60),
+                        _ => format!("{}h ago", quiet / 3600),
+                    },
+                    command: s.command.clone(),
+                }
+            })
+            .collect();
+        let mut picker = Picker::new(entries);
+        let draw = |p: &Picker, resize: &SharedResize, initial: TermSize| {
+            let size = current_size(resize).unwrap_or(initial);
+            Bytes::from(p.render(size.cols, size.rows))
+        };
+        let initial = self.pty.as_ref().map(|p| p.size).unwrap_or_default();
+        let _ = self
+            .writer
+            .data_bytes(draw(&picker, &self.resize, initial))
+            .await;
+        let choice = loop {
+            tokio::select! {
+                data = self.input.recv() => match data {
+                    Some(d) => match picker.key(&d) {
+                        Some(c) => break c,
+                        None => {
+                            let _ = self.writer.data_bytes(draw(&picker, &self.resize, initial)).await;
+                        }
+                    },
+                    None => break Choice::Quit,
+                },
+                _ = self.closed.cancelled() => break Choice::Quit,
+            }
+        };
+        let _ = self
+            .writer
+            .data_bytes(Bytes::from_static(crate::tui::picker::LEAVE))
+            .await;
+        choice
     }
 
     async fn logout(&self, identity: &Identity) {

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod demo;
 pub mod fallback;
+pub mod picker;
 
 use ratatui::layout::Rect;
 
