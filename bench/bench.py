@@ -331,6 +331,35 @@ def idle_sessions(t, key, n):
     return accepted, rss_server / max(accepted, 1), pss / max(accepted, 1)
 
 
+def detached_sessions(t, key, n):
+    """Memory per detached session: n PTY sessions whose clients were killed (SIGKILL), the
+    programs still running under the gateway with their terminal models."""
+    pids = [p for p in tree_pids(server_pids(t)[0]) if is_server(p)]
+    base_rss, base_pss = mem_kb(pids, "VmRSS"), mem_kb(pids, "Pss")
+    clients = []
+    for _ in range(n):
+        clients.append(subprocess.Popen(t.ssh(key, "sleep 601", tty=True), stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(0.002)
+    deadline = time.time() + max(30, n / 10)
+    accepted = 0
+    while time.time() < deadline:
+        accepted = sum(1 for p in tree_pids(server_pids(t)[0]) if cmdline(p).startswith("sleep 601"))
+        if accepted >= n or all(c.poll() is not None for c in clients):
+            break
+        time.sleep(0.5)
+    for c in clients:
+        c.kill()
+    for c in clients:
+        c.wait()
+    time.sleep(3)
+    left = sum(1 for p in tree_pids(server_pids(t)[0]) if cmdline(p).startswith("sleep 601"))
+    pids = [p for p in tree_pids(server_pids(t)[0]) if is_server(p)]
+    rss = mem_kb(pids, "VmRSS") - base_rss
+    pss = mem_kb(pids, "Pss") - base_pss
+    return left, rss / max(left, 1), pss / max(left, 1)
+
+
 def cmdline(pid):
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -431,7 +460,7 @@ def main():
                     help="rerun a run during which the hypervisor stole more than this %% of the CPU time "
                          "(default %(default)s; 100 never reruns)")
     ap.add_argument("--only", action="append", default=[],
-                    help="measure only these groups: connect, pty, channel, echo, idle, device")
+                    help="measure only these groups: connect, pty, channel, echo, idle, detached, device")
     args = ap.parse_args()
     ONLY = set(args.only)
     MAX_STEAL = args.max_steal
@@ -470,7 +499,7 @@ def run(tmp, q, results):
 
     # The gateway: the key mapped to "bench"; exec words are run by /bin/sh. A second one without
     # the Landlock sandbox measures what the sandbox costs.
-    def gateway(name, session_extra=""):
+    def gateway(name, session_extra="", limits_extra=""):
         d = os.path.join(tmp, name)
         os.makedirs(os.path.join(d, "keys", "users"))
         with open(os.path.join(d, "keys", "users", "bench.keys"), "w") as f:
@@ -479,14 +508,14 @@ def run(tmp, q, results):
         with open(os.path.join(d, "gateway.toml"), "w") as f:
             f.write(f'[ssh]\nlisten = "127.0.0.1:{port}"\n'
                     '[session]\ncommand = ["/bin/sh", "-c", "eval \\"$*\\"", "sh"]\nexec = "args"\n'
-                    f'{session_extra}[limits]\nmax_connections = 5000\nmax_sessions_per_user = 0\n'
+                    f'{session_extra}[limits]\nmax_connections = 5000\nmax_sessions_per_user = 0\n{limits_extra}'
                     '[logging]\nlevel = "warn"\n')
         return start([GATEWAY, "--config", os.path.join(d, "gateway.toml")]), port
 
     gw, gport = gateway("gw")
     gw_nosb, nport = gateway("gw-nosandbox", 'isolation = "none"\n')
     # And one whose sessions outlive their clients (a terminal model parses all output).
-    gw_det, dport = gateway("gw-detach", 'detach_timeout = "30m"\n')
+    gw_det, dport = gateway("gw-detach", 'detach_timeout = "30m"\n', "max_detached_per_user = 5000\n")
 
     # A private sshd: its own host key, publickey only, no PAM, the same program through /bin/sh.
     sdir = os.path.join(tmp, "sshd")
@@ -539,6 +568,12 @@ def run(tmp, q, results):
                 idle[t.name] = {"accepted": accepted, "rss_kb_per_session": round(rss, 1),
                                 "pss_kb_per_session": round(pss, 1)}
             record(f"{count} idle PTY sessions", "KB/session", idle, "lower")
+    if want("detached"):
+        for count in ([10] if q else [1000]):
+            left, rss, pss = detached_sessions(gdet, key, count)
+            record(f"{count} detached PTY sessions (clients killed)", "KB/session",
+                   {"gateway": {"accepted": left, "rss_kb_per_session": round(rss, 1),
+                                "pss_kb_per_session": round(pss, 1)}}, "lower")
     if want("device"):
         dev = device_flow(tmp, q)
         if dev:

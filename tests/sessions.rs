@@ -235,14 +235,15 @@ fn detached_sessions_are_capped_per_user_and_every_attach_and_detach_is_audited(
         text(&run(ssh, T).stdout).lines().count()
     };
     assert!(eventually(T, || listed() == 2));
-    // The next login hears about it, then comes back to the latest one.
-    let c = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
+    // The next login hears about it, then picks one of the two left.
+    let mut c = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
     assert!(
         c.expect("more than 2 detached sessions", T),
         "{}",
         c.output()
     );
-    assert!(c.expect_screen("READY", T));
+    assert!(c.expect_screen("Your sessions", T), "{}", c.screen());
+    c.send("\r");
     let audit = tmp.path().join("audit.log");
     let count = |what: &str| {
         std::fs::read_to_string(&audit)
@@ -418,6 +419,15 @@ fn a_shared_session_is_watched_read_only_once() {
     let mut ssh = gw.ssh(&key);
     ssh.args(["127.0.0.1", "sessions"]);
     assert!(text(&run(ssh, T).stdout).contains("\"state\":\"attached\""));
+    // The operator's view shows it too: one client, no watcher left.
+    let mut admin = std::process::Command::new(BIN);
+    admin
+        .args(["sessions", "--json", "--socket"])
+        .arg(tmp.path().join("state/admin.sock"));
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&run(admin, T).stdout).unwrap();
+    let row = listed.iter().find(|r| r["user"] == "alice").unwrap();
+    assert_eq!(row["clients"], 1, "{row}");
+    assert_eq!(row["watchers"], 0, "{row}");
 }
 
 #[test]

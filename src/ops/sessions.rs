@@ -54,6 +54,10 @@ pub struct LiveSession {
     pub bytes_out: AtomicU64,
     /// Unix ms of the program's last output.
     pub last_output_ms: AtomicU64,
+    /// Clients attached now (terminals and browsers; 0: detached).
+    pub clients: std::sync::atomic::AtomicU32,
+    /// Read-only watchers now.
+    pub watchers: std::sync::atomic::AtomicU32,
     /// Cancelled to end the session (admin console, shutdown).
     #[serde(skip)]
     pub end: CancellationToken,
@@ -243,6 +247,8 @@ impl SessionRegistry {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             last_output_ms: AtomicU64::new(now),
+            clients: std::sync::atomic::AtomicU32::new(1),
+            watchers: std::sync::atomic::AtomicU32::new(0),
             end: CancellationToken::new(),
             end_reason: std::sync::OnceLock::new(),
         });

@@ -209,6 +209,11 @@ impl Running {
     fn recount(&self, clients: &[Client]) {
         let watchers = clients.iter().filter(|c| c.watcher).count();
         *lock(&self.counts) = (clients.len() - watchers, watchers);
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        self.live
+            .clients
+            .store((clients.len() - watchers) as u32, relaxed);
+        self.live.watchers.store(watchers as u32, relaxed);
         self.attached.send_replace(clients.len() > watchers);
     }
 
@@ -372,8 +377,10 @@ impl AsyncWrite for ClientInput {
     }
 }
 
-/// Bytes read from the program per chunk.
-const OUTPUT_CHUNK: usize = 32 * 1024;
+/// Bytes read from the program per chunk. Each session holds one such buffer for its whole
+/// life, detached or not, so it is sized for memory as much as for speed: a PTY rarely hands
+/// over more than a few KB per read.
+const OUTPUT_CHUNK: usize = 16 * 1024;
 
 /// Program output → `session` (its terminal model, its client if one is attached) and the
 /// recording, until the program closes its side of the PTY.

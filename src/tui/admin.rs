@@ -42,6 +42,17 @@ pub struct SessionRow {
     pub bytes_in: u64,
     /// Bytes out.
     pub bytes_out: u64,
+    /// Clients attached (0: detached).
+    #[serde(default = "one")]
+    pub clients: u32,
+    /// Read-only watchers.
+    #[serde(default)]
+    pub watchers: u32,
+}
+
+/// Older nodes report no client count: their sessions always have their one client.
+fn one() -> u32 {
+    1
 }
 
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> std::io::Result<T> {
@@ -52,7 +63,7 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> std::io::Result<T> {
 }
 
 /// The console's columns: heading and width.
-const COLUMNS: [(&str, Constraint); 12] = [
+const COLUMNS: [(&str, Constraint); 13] = [
     ("ID", Constraint::Length(5)),
     ("NODE", Constraint::Length(10)),
     ("USER", Constraint::Length(18)),
@@ -62,13 +73,14 @@ const COLUMNS: [(&str, Constraint); 12] = [
     ("REMOTE", Constraint::Length(16)),
     ("STARTED", Constraint::Length(8)),
     ("IDLE", Constraint::Length(7)),
+    ("STATE", Constraint::Length(12)),
     ("IN", Constraint::Length(10)),
     ("OUT", Constraint::Length(10)),
     ("COMMAND", Constraint::Fill(1)),
 ];
 
 /// One session's cells, in the order of `COLUMNS`.
-fn cells(r: &SessionRow) -> [String; 12] {
+fn cells(r: &SessionRow) -> [String; 13] {
     [
         r.id.to_string(),
         r.node.clone(),
@@ -79,10 +91,24 @@ fn cells(r: &SessionRow) -> [String; 12] {
         r.remote.clone(),
         ago(r.started_ms),
         ago(r.last_input_ms),
+        state(r),
         bytes(r.bytes_in),
         bytes(r.bytes_out),
         r.command.clone(),
     ]
+}
+
+/// "detached", "attached", "attached ×2", with "+1 w" for watchers.
+fn state(r: &SessionRow) -> String {
+    let mut s = match r.clients {
+        0 => "detached".to_owned(),
+        1 => "attached".to_owned(),
+        n => format!("attached ×{n}"),
+    };
+    if r.watchers > 0 {
+        s.push_str(&format!(" +{}w", r.watchers));
+    }
+    s
 }
 
 /// The list, once.
@@ -196,6 +222,8 @@ mod tests {
             last_input_ms: 0,
             bytes_in: 0,
             bytes_out: 0,
+            clients: 0,
+            watchers: 1,
         };
         let cells = cells(&row);
         let at = |h: &str| {
@@ -206,6 +234,7 @@ mod tests {
         assert_eq!(at("NODE"), "node-a");
         assert_eq!(at("USER"), "alice");
         assert_eq!(at("ACCOUNT"), "hermes-alice");
+        assert_eq!(at("STATE"), "detached +1w");
         assert_eq!(at("METHOD"), "key");
         assert_eq!(at("FRONT"), "ssh");
         assert_eq!(at("REMOTE"), "127.0.0.1:5000");
