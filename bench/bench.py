@@ -298,22 +298,28 @@ def is_server(pid):
     return c.startswith("sshd") or c.startswith(SSHD) or "hermes-ssh-gateway" in c.split(" ")[0]
 
 
-def idle_sessions(t, key, n):
-    pids = [p for p in tree_pids(server_pids(t)[0]) if is_server(p)]
-    base_rss, base_pss = mem_kb(pids, "VmRSS"), mem_kb(pids, "Pss")
+def open_sessions(t, key, n, program):
+    """n interactive sessions running `program` (bounded wait); returns the ssh clients and how
+    many sessions the server runs, counted by their programs."""
     clients = []
     for _ in range(n):
-        clients.append(subprocess.Popen(t.ssh(key, "sleep 600", tty=True), stdin=subprocess.DEVNULL,
+        clients.append(subprocess.Popen(t.ssh(key, program, tty=True), stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         time.sleep(0.002)
-    # Count sessions by their `sleep 600` programs.
     deadline = time.time() + max(30, n / 10)
     accepted = 0
     while time.time() < deadline:
-        accepted = sum(1 for p in tree_pids(server_pids(t)[0]) if cmdline(p).startswith("sleep 600"))
+        accepted = sum(1 for p in tree_pids(server_pids(t)[0]) if cmdline(p).startswith(program))
         if accepted >= n or all(c.poll() is not None for c in clients):
             break
         time.sleep(0.5)
+    return clients, accepted
+
+
+def idle_sessions(t, key, n):
+    pids = [p for p in tree_pids(server_pids(t)[0]) if is_server(p)]
+    base_rss, base_pss = mem_kb(pids, "VmRSS"), mem_kb(pids, "Pss")
+    clients, accepted = open_sessions(t, key, n, "sleep 600")
     time.sleep(1)
     # The server's own processes only (sshd's per-session processes count; the programs and
     # their shells do not, for either server).
@@ -336,18 +342,7 @@ def detached_sessions(t, key, n):
     programs still running under the gateway with their terminal models."""
     pids = [p for p in tree_pids(server_pids(t)[0]) if is_server(p)]
     base_rss, base_pss = mem_kb(pids, "VmRSS"), mem_kb(pids, "Pss")
-    clients = []
-    for _ in range(n):
-        clients.append(subprocess.Popen(t.ssh(key, "sleep 601", tty=True), stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        time.sleep(0.002)
-    deadline = time.time() + max(30, n / 10)
-    accepted = 0
-    while time.time() < deadline:
-        accepted = sum(1 for p in tree_pids(server_pids(t)[0]) if cmdline(p).startswith("sleep 601"))
-        if accepted >= n or all(c.poll() is not None for c in clients):
-            break
-        time.sleep(0.5)
+    clients, _ = open_sessions(t, key, n, "sleep 601")
     for c in clients:
         c.kill()
     for c in clients:
