@@ -487,3 +487,55 @@ fn with_several_detached_sessions_a_login_picks_one_or_starts_anew() {
         c.output()
     );
 }
+
+#[test]
+fn metrics_count_detached_sessions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = Keypair::new(tmp.path(), "alice_key");
+    let port = common::idp::free_port();
+    let session = format!(
+        "[session]\ncommand = [\"/bin/sh\", \"-c\", \"echo READY; exec sleep 600\"]\ndetach_timeout = \"5m\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+    );
+    let gw = Gateway::start(tmp.path(), &config("", &session));
+    gw.set_keys("alice", &key.public_line);
+    assert!(gw.wait_log("users=1", T).is_some());
+    let detached = || -> Option<String> {
+        let body = reqwest::blocking::get(format!("http://127.0.0.1:{port}/metrics"))
+            .ok()?
+            .text()
+            .ok()?;
+        body.lines()
+            .find(|l| l.starts_with("hermes_gateway_sessions_detached "))
+            .map(|l| l.rsplit(' ').next().unwrap_or("").to_owned())
+    };
+    let mut a = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
+    assert!(a.expect("READY", T));
+    assert_eq!(detached().as_deref(), Some("0"));
+    a.kill_hard();
+    assert!(
+        eventually(T, || detached().as_deref() == Some("1")),
+        "{:?}",
+        detached()
+    );
+    let mut b = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
+    assert!(b.expect_screen("READY", T));
+    assert!(eventually(T, || detached().as_deref() == Some("0")));
+    b.kill_hard();
+    assert!(eventually(T, || detached().as_deref() == Some("1")));
+    // Ended while detached: no longer counted.
+    let mut ssh = gw.ssh(&key);
+    ssh.args(["127.0.0.1", "sessions"]);
+    let id = serde_json::from_str::<serde_json::Value>(text(&run(ssh, T).stdout).trim()).unwrap()
+        ["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut ssh = gw.ssh(&key);
+    ssh.args(["127.0.0.1", "end", &id]);
+    assert!(run(ssh, T).status.success());
+    assert!(
+        eventually(T, || detached().as_deref() == Some("0")),
+        "{:?}",
+        detached()
+    );
+}

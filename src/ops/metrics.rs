@@ -41,6 +41,8 @@ pub struct Metrics {
     auth: Family<AuthLabels, Counter>,
     sessions: Counter,
     sessions_active: Gauge,
+    sessions_detached: Gauge,
+    watchers: Gauge,
     device_flows: Gauge,
     bytes: Family<DirLabels, Counter>,
     tickets: Family<TicketLabels, Counter>,
@@ -67,6 +69,8 @@ impl Metrics {
             auth: Family::default(),
             sessions: Counter::default(),
             sessions_active: Gauge::default(),
+            sessions_detached: Gauge::default(),
+            watchers: Gauge::default(),
             device_flows: Gauge::default(),
             bytes: Family::default(),
             tickets: Family::default(),
@@ -101,6 +105,16 @@ impl Metrics {
             "sessions_active",
             "Sessions running now",
             m.sessions_active.clone(),
+        );
+        registry.register(
+            "sessions_detached",
+            "Sessions running with no client attached (waiting for their user)",
+            m.sessions_detached.clone(),
+        );
+        registry.register(
+            "watchers",
+            "Read-only watchers attached now",
+            m.watchers.clone(),
         );
         registry.register(
             "device_flows_active",
@@ -206,6 +220,16 @@ impl Metrics {
                 } else {
                     self.device_flows.dec();
                 }
+            }
+            Event::Detached { detached } => {
+                if *detached {
+                    self.sessions_detached.inc();
+                } else {
+                    self.sessions_detached.dec();
+                }
+            }
+            Event::Watchers { delta } => {
+                self.watchers.inc_by(*delta);
             }
             Event::Enrolled { .. }
             | Event::Logout { .. }

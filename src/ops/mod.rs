@@ -132,6 +132,16 @@ pub enum Event {
         /// `attach` or `detach`.
         what: &'static str,
     },
+    /// A session lost its last client (`detached: true`) or got one back, or ended detached.
+    Detached {
+        /// The new state.
+        detached: bool,
+    },
+    /// Read-only watchers came (`delta` > 0) or went.
+    Watchers {
+        /// The change.
+        delta: i64,
+    },
     /// A ticket was minted or consumed.
     Ticket {
         /// `mint` or `consume`.
@@ -152,9 +162,11 @@ impl Event {
     /// The audit record, or `None` for events that only count.
     fn audit_record(&self) -> Option<Value> {
         Some(match self {
-            Event::Connection { .. } | Event::Ticket { .. } | Event::DeviceFlow { .. } => {
-                return None
-            }
+            Event::Connection { .. }
+            | Event::Ticket { .. }
+            | Event::DeviceFlow { .. }
+            | Event::Detached { .. }
+            | Event::Watchers { .. } => return None,
             Event::ConnectionRefused { remote, reason } => {
                 json!({"event": "connection_refused", "remote": remote, "reason": reason})
             }

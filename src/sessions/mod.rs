@@ -76,6 +76,11 @@ pub struct Running {
     counts: Mutex<(usize, usize)>,
     outcome: watch::Sender<Option<Outcome>>,
     last_output_ms: std::sync::atomic::AtomicU64,
+    /// For the detached and watcher gauges.
+    ops: Arc<crate::ops::Ops>,
+    /// Whether the gauges count this session as detached now.
+    counted_detached: std::sync::atomic::AtomicBool,
+    ended: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Running {
@@ -126,6 +131,7 @@ impl Running {
         pty: Resizer,
         size: TermSize,
         scrollback: Option<usize>,
+        ops: Arc<crate::ops::Ops>,
     ) -> Arc<Running> {
         Arc::new(Running {
             id: new_id(),
@@ -141,6 +147,9 @@ impl Running {
             counts: Mutex::new((0, 0)),
             outcome: watch::channel(None).0,
             last_output_ms: Default::default(),
+            ops,
+            counted_detached: Default::default(),
+            ended: Default::default(),
         })
     }
 
@@ -207,8 +216,21 @@ impl Running {
     }
 
     fn recount(&self, clients: &[Client]) {
+        use std::sync::atomic::Ordering::SeqCst;
         let watchers = clients.iter().filter(|c| c.watcher).count();
-        *lock(&self.counts) = (clients.len() - watchers, watchers);
+        let (_, before) = std::mem::replace(
+            &mut *lock(&self.counts),
+            (clients.len() - watchers, watchers),
+        );
+        if before != watchers {
+            self.ops.emit(crate::ops::Event::Watchers {
+                delta: watchers as i64 - before as i64,
+            });
+        }
+        let detached = !self.ended.load(SeqCst) && clients.len() == watchers;
+        if self.counted_detached.swap(detached, SeqCst) != detached {
+            self.ops.emit(crate::ops::Event::Detached { detached });
+        }
         let relaxed = std::sync::atomic::Ordering::Relaxed;
         self.live
             .clients
@@ -301,6 +323,7 @@ impl Running {
     /// The session is over: its client (if any) is let go with `outcome`.
     pub async fn finish(&self, outcome: Outcome) {
         let mut clients = self.clients.lock().await;
+        self.ended.store(true, std::sync::atomic::Ordering::SeqCst);
         self.outcome.send_replace(Some(outcome));
         for c in clients.drain(..) {
             c.gone.cancel();

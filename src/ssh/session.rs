@@ -986,6 +986,7 @@ impl Job {
             resizer,
             size,
             (!self.ctx.detach.timeout.is_zero()).then_some(self.ctx.detach.scrollback),
+            self.ctx.ops.clone(),
         );
         let recorder = started.recorder.take();
         if let Ok(mut slot) = self.resize.lock() {

@@ -189,6 +189,7 @@ async fn run(
         pty,
         size,
         detachable.then_some(ctx.detach.scrollback),
+        ctx.ops.clone(),
     );
     // The browser is the first client, attached before any output is read.
     let (writer, forward) = browser_writer(sink);
