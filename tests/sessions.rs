@@ -539,3 +539,45 @@ fn metrics_count_detached_sessions() {
         detached()
     );
 }
+
+#[test]
+fn one_recording_spans_every_attachment_with_markers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = Keypair::new(tmp.path(), "alice_key");
+    let session = "[session]\ncommand = [\"/bin/sh\", \"-c\", \"echo READY; exec cat\"]\ndetach_timeout = \"5m\"\n[recording]\ndir = \"recordings\"\n";
+    let gw = Gateway::start(tmp.path(), &config("", session));
+    gw.set_keys("alice", &key.public_line);
+    assert!(gw.wait_log("users=1", T).is_some());
+    let mut a = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
+    assert!(a.expect("READY", T));
+    a.kill_hard();
+    assert!(gw.wait_log("session detached", T).is_some());
+    let mut b = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
+    assert!(b.expect_screen("READY", T));
+    b.send("AFTER-REATTACH\r");
+    assert!(b.expect_screen("AFTER-REATTACH", T));
+    let dir = tmp.path().join("recordings");
+    let cast = || -> String {
+        std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(T, || cast().contains("AFTER-REATTACH")),
+        "{}",
+        cast()
+    );
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "one file per session"
+    );
+    let text = cast();
+    let markers: Vec<&str> = text.lines().filter(|l| l.contains("\"m\"")).collect();
+    assert!(markers.iter().any(|m| m.contains("left")), "{text}");
+    assert!(markers.iter().any(|m| m.contains("attached")), "{text}");
+}

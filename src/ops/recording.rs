@@ -17,6 +17,7 @@ const QUEUE: usize = 256;
 enum Rec {
     Output(Vec<u8>),
     Resize(u16, u16),
+    Marker(String),
 }
 
 /// Feeds one session's recording; cheap to clone.
@@ -79,6 +80,7 @@ impl Recorder {
                     Rec::Resize(c, r) => {
                         serde_json::json!([t, "r", format!("{c}x{r}")]).to_string()
                     }
+                    Rec::Marker(label) => serde_json::json!([t, "m", label]).to_string(),
                 };
                 let res = async {
                     out.write_all(line.as_bytes()).await?;
@@ -113,6 +115,12 @@ impl Recorder {
     /// Records a resize.
     pub async fn resize(&self, cols: u16, rows: u16) -> bool {
         self.tx.send(Rec::Resize(cols, rows)).await.is_ok()
+    }
+
+    /// Records a marker (asciicast v2 `m`), e.g. a client attaching; dropped when the queue is
+    /// full rather than waited for.
+    pub fn marker(&self, label: &str) {
+        let _ = self.tx.try_send(Rec::Marker(label.to_owned()));
     }
 }
 

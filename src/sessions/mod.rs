@@ -78,6 +78,8 @@ pub struct Running {
     last_output_ms: std::sync::atomic::AtomicU64,
     /// For the detached and watcher gauges.
     ops: Arc<crate::ops::Ops>,
+    /// The session's one recording, across all its attachments (attach/detach are markers).
+    recorder: Mutex<Option<crate::ops::recording::Recorder>>,
     /// Whether the gauges count this session as detached now.
     counted_detached: std::sync::atomic::AtomicBool,
     ended: std::sync::atomic::AtomicBool,
@@ -148,6 +150,7 @@ impl Running {
             outcome: watch::channel(None).0,
             last_output_ms: Default::default(),
             ops,
+            recorder: Mutex::new(None),
             counted_detached: Default::default(),
             ended: Default::default(),
         })
@@ -190,6 +193,9 @@ impl Running {
         for c in clients.iter_mut() {
             let _ = c.sink.write_all(&line).await;
         }
+        if joining.restore {
+            self.mark(&format!("{} {role}", joining.who));
+        }
         clients.push(Client {
             sink,
             gone,
@@ -200,6 +206,17 @@ impl Running {
         attachment
     }
 
+    /// Marks attach/detach in `recorder`, the session's recording.
+    pub fn record_into(&self, recorder: Option<crate::ops::recording::Recorder>) {
+        *lock(&self.recorder) = recorder;
+    }
+
+    fn mark(&self, label: &str) {
+        if let Some(r) = lock(&self.recorder).as_ref() {
+            r.marker(label);
+        }
+    }
+
     /// The client of `attachment` went away; the others are told. With no client left that is
     /// not a watcher, the session is detached.
     pub async fn detach(&self, attachment: &Attachment) {
@@ -208,6 +225,7 @@ impl Running {
             return;
         };
         let left = clients.remove(i);
+        self.mark(&format!("{} left", left.who));
         let line = notice_line(&format!("{} left ({} clients)", left.who, clients.len()));
         for c in clients.iter_mut() {
             let _ = c.sink.write_all(&line).await;

@@ -995,6 +995,7 @@ impl Job {
         // The first client is attached before any output is read: a program that prints and
         // exits at once must not print to nobody. Its size is the latest (a window-change may
         // have arrived while the program was starting).
+        session.record_into(recorder.clone());
         let attachment = self.join(&session, false).await;
         let out = tokio::spawn(crate::sessions::pump(io.output, session.clone(), recorder));
         drop(io.input);

@@ -191,6 +191,7 @@ async fn run(
         detachable.then_some(ctx.detach.scrollback),
         ctx.ops.clone(),
     );
+    session.record_into(recorder.clone());
     // The browser is the first client, attached before any output is read.
     let (writer, forward) = browser_writer(sink);
     let joining = Joining {
