@@ -581,3 +581,63 @@ fn one_recording_spans_every_attachment_with_markers() {
     assert!(markers.iter().any(|m| m.contains("left")), "{text}");
     assert!(markers.iter().any(|m| m.contains("attached")), "{text}");
 }
+
+#[test]
+fn headless_chromium_opens_an_ssh_session_from_ssh_link_and_types_into_it() {
+    use common::webclient::Web;
+    let w = Web::start_with(
+        "[session]\ncommand = [\"/bin/sh\"]\ndetach_timeout = \"5m\"\n",
+        "",
+        "linked_key_users = [\"alice\"]\n",
+        &[],
+    );
+    let key = Keypair::new(w.tmp.path(), "alice_key");
+    w.gw.set_keys("alice", &key.public_line);
+    assert!(w.gw.wait_log("users=1", T).is_some());
+    let mut term = PtyClient::spawn(&w.gw.pty_args(&key), 80, 24);
+    term.send("echo FROM-SSH-$((40+2))\r");
+    assert!(term.expect_screen("FROM-SSH-42", T), "{}", term.screen());
+    term.kill_hard();
+    assert!(w.gw.wait_log("session detached", T).is_some());
+    let mut ssh = w.gw.ssh(&key);
+    ssh.args(["127.0.0.1", "sessions"]);
+    let id = serde_json::from_str::<serde_json::Value>(text(&run(ssh, T).stdout).trim()).unwrap()
+        ["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // ssh host link ID: a browser lands on that very session.
+    let mut ssh = w.gw.ssh(&key);
+    ssh.args(["127.0.0.1", "link", &id]);
+    let url = text(&run(ssh, T).stdout).trim().to_owned();
+    assert!(url.contains(&format!("session={id}")), "{url}");
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/idp/browser.mjs"
+    ))
+    .env("GATEWAY_URL", &w.url)
+    .env("OPEN_URL", &url)
+    .env("EXPECT", "FROM-SSH-42")
+    .env("TYPE", "echo FROM-CHROMIUM-$((40+4))\n")
+    .env("EXPECT_AFTER", "FROM-CHROMIUM-44");
+    let out = run(cmd, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        w.gw.log()
+    );
+    // Back over SSH: what was typed in Chromium ran in the same program.
+    let back = PtyClient::spawn(&w.gw.pty_args(&key), 80, 24);
+    assert!(
+        back.expect_screen("FROM-CHROMIUM-44", T),
+        "{}",
+        back.screen()
+    );
+    // A link for a session that is not yours is refused.
+    let mut ssh = w.gw.ssh(&key);
+    ssh.args(["127.0.0.1", "link", "nosuch"]);
+    assert_eq!(run(ssh, T).status.code(), Some(1));
+}

@@ -289,7 +289,7 @@ impl Channels {
                 (ConnState::Identity(identity), Request::Exec(cmd)) => {
                     match classify_exec(cmd, self.ctx.exec_policy) {
                         // A browser terminal is a PTY by another road.
-                        Work::Link if self.no_pty => Start::Refuse(
+                        Work::Link(_) if self.no_pty => Start::Refuse(
                             "hermes-ssh-gateway: this key may not open a terminal (no-pty or restrict in its key file), in a browser either".into(),
                         ),
                         work => Start::Work(identity.clone(), work),
@@ -354,8 +354,8 @@ pub enum Work {
     Revoke(String),
     /// Remove the enrollment of the key this connection used.
     Logout,
-    /// Print a one-use link that logs a browser in as this user.
-    Link,
+    /// Print a one-use link that logs a browser in as this user (and opens this session).
+    Link(Option<String>),
     /// Run the configured program with these extra arguments.
     Program(Vec<String>),
     /// List the user's sessions, one JSON line each.
@@ -382,7 +382,7 @@ pub fn classify_exec(command: &str, policy: ExecPolicy) -> Work {
         Some("logout") if words.len() == 1 => Work::Logout,
         Some("keys") if words.len() == 1 => Work::Keys,
         Some("keys") if words.len() == 3 && words[1] == "revoke" => Work::Revoke(words[2].clone()),
-        Some("link") if words.len() == 1 => Work::Link,
+        Some("link") if words.len() <= 2 => Work::Link(words.get(1).cloned()),
         Some("sessions") if words.len() == 1 => Work::Sessions,
         Some("attach") if words.len() == 2 => Work::Attach(words[1].clone()),
         Some("new") if words.len() == 1 => Work::New,
@@ -457,7 +457,7 @@ impl Job {
             Work::Logout => self.logout(&identity).await,
             Work::Keys => self.keys(&identity).await,
             Work::Revoke(fp) => self.revoke(&identity, &fp).await,
-            Work::Link => self.link(&identity).await,
+            Work::Link(session) => self.link(&identity, session.as_deref()).await,
             Work::Refuse(msg) => {
                 tracing::info!(user = %identity.user_id, "refused exec: {msg}");
                 self.refuse(&msg).await;
@@ -771,11 +771,22 @@ impl Job {
     }
 
     /// `link`: a 60-second, single-use URL that logs a browser in as this user.
-    async fn link(&self, identity: &Identity) {
+    async fn link(&self, identity: &Identity, session: Option<&str>) {
         let Some(web) = &self.ctx.web_link else {
             return self
                 .refuse("hermes-ssh-gateway: the web front is not enabled on this gateway")
                 .await;
+        };
+        let open = match session {
+            Some(id) if self.ctx.hub.own(&identity.user_id, id).is_some() => {
+                format!("&session={id}")
+            }
+            Some(id) => {
+                return self
+                    .refuse(&format!("hermes-ssh-gateway: no session {id:?} of yours"))
+                    .await
+            }
+            None => String::new(),
         };
         match web
             .tickets
@@ -790,7 +801,7 @@ impl Job {
                     ok: true,
                 });
                 self.print(format!(
-                    "{}/auth/ticket?t={}\n",
+                    "{}/auth/ticket?t={}{open}\n",
                     web.public_url,
                     t.expose_secret()
                 ))

@@ -540,6 +540,15 @@ fn invalid_link(ctx: &WebContext) -> Response {
 #[derive(Deserialize)]
 pub struct TicketQuery {
     t: Option<String>,
+    /// The session `ssh host link ID` named: the browser opens it after signing in.
+    session: Option<String>,
+}
+
+/// A session id as `ssh host sessions` prints them, or nothing (it goes into a URL and a page).
+fn session_param(q: &TicketQuery) -> Option<&str> {
+    q.session
+        .as_deref()
+        .filter(|s| !s.is_empty() && s.len() <= 16 && s.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 /// `GET /auth/ticket?t=…`: the SSH → browser hand-off (`ssh host link`). A link can be sent to
@@ -548,6 +557,7 @@ pub async fn ticket_confirm(
     State(ctx): State<Arc<WebContext>>,
     Query(q): Query<TicketQuery>,
 ) -> Response {
+    let session = session_param(&q).unwrap_or_default().to_owned();
     let token = q.t.unwrap_or_default();
     match ctx.tickets.peek(&token, Purpose::WebLogin).await {
         Ok(identity) => {
@@ -557,14 +567,20 @@ pub async fn ticket_confirm(
 <p>This link signs this browser in as <b>{user}</b>, the account that ran <code>link</code> over SSH. \
 Continue only if you ran it yourself.</p>\
 <form method=\"post\" action=\"/auth/ticket\"><input type=\"hidden\" name=\"t\" value=\"{t}\">\
+<input type=\"hidden\" name=\"session\" value=\"{session}\">\
 <button id=\"continue\" type=\"submit\">Continue as {user}</button></form></body></html>",
                 user = escape(identity.user_id.as_str()),
                 t = escape(&token),
+                session = escape(&session),
             );
             (
                 [
                     (header::CACHE_CONTROL, "no-store"),
-                    (header::REFERRER_POLICY, "no-referrer"),
+                    // The ticket in this page's URL must not leak to other sites, but the form's
+                    // POST must carry our Origin: with "no-referrer" browsers send `Origin: null`
+                    // and the same-origin check refuses the login (a real browser could not
+                    // complete `ssh host link`; headless Chromium showed it).
+                    (header::REFERRER_POLICY, "same-origin"),
                 ],
                 Html(page),
             )
@@ -588,6 +604,10 @@ pub async fn ticket_login(
         tracing::warn!("refused: web-login ticket posted from a foreign origin");
         return StatusCode::FORBIDDEN.into_response();
     }
+    let landing = match session_param(&q) {
+        Some(id) => format!("/?session={id}"),
+        None => "/".to_owned(),
+    };
     let token = q.t.unwrap_or_default();
     let consumed = ctx.tickets.consume(&token, Purpose::WebLogin).await;
     ctx.ops.emit(crate::ops::Event::Ticket {
@@ -604,7 +624,7 @@ pub async fn ticket_login(
                     header::SET_COOKIE,
                     set_cookie(&ctx, session.expose_secret(), ctx.session_ttl),
                 )],
-                Redirect::to("/"),
+                Redirect::to(&landing),
             )
                 .into_response()
         }

@@ -1,6 +1,8 @@
 // Drives Debian's headless Chromium (playwright-core, no browser download) through the web
 // front: sign in at the test IdP, open the terminal, type, read the rendered terminal.
 // env: GATEWAY_URL, LOGIN_USER, SCREENSHOT (path), CHROMIUM (default /usr/bin/chromium)
+// Or, with OPEN_URL (an `ssh host link [ID]` URL): open it, confirm, and land on the terminal;
+// then wait for EXPECT on the terminal, type TYPE, and wait for EXPECT_AFTER.
 // Prints "TERMINAL: <text of the terminal rows>" and exits 0 when the page worked.
 import { chromium } from 'playwright-core';
 
@@ -14,6 +16,21 @@ const browser = await chromium.launch({
 });
 try {
   const page = await browser.newPage({ viewport: { width: 1000, height: 600 } });
+  const rows = () => document.querySelector('.xterm-rows').innerText;
+  if (process.env.OPEN_URL) {
+    await page.goto(process.env.OPEN_URL);
+    await Promise.all([page.waitForURL((u) => !u.pathname.startsWith('/auth/')), page.click('#continue')]);
+    await page.waitForSelector('.xterm-rows', { timeout: 15000 }).catch(async (e) => {
+      console.log(`PAGE at ${page.url()}: ${(await page.content()).slice(0, 2000)}`);
+      throw e;
+    });
+    await page.waitForFunction((want) => document.querySelector('.xterm-rows').innerText.includes(want), process.env.EXPECT, { timeout: 15000 });
+    await page.click('#terminal');
+    await page.keyboard.type(process.env.TYPE);
+    await page.waitForFunction((want) => document.querySelector('.xterm-rows').innerText.includes(want), process.env.EXPECT_AFTER, { timeout: 15000 });
+    console.log(`TERMINAL: ${(await page.evaluate(rows)).replace(/\s+/g, ' ')}`);
+    process.exit(0);
+  }
   await page.goto(`${url}/`);
   await page.click('#signin');
   await page.waitForSelector('#login');

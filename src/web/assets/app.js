@@ -15,7 +15,10 @@
     if (!r.ok) { status.textContent = 'not signed in'; location.href = '/'; return; }
     const { ticket } = await r.json();
     const proto = location.protocol === 'https:' ? 'wss' : 'ws';
-    const ws = new WebSocket(`${proto}://${location.host}/api/pty?ticket=${encodeURIComponent(ticket)}&cols=${term.cols}&rows=${term.rows}`);
+    // ?session=ID (from `ssh host link ID`, or a session list) opens that running session.
+    const session = new URLSearchParams(location.search).get('session');
+    const attach = session && /^[a-z0-9]{1,16}$/.test(session) ? `&session=${session}` : '';
+    const ws = new WebSocket(`${proto}://${location.host}/api/pty?ticket=${encodeURIComponent(ticket)}&cols=${term.cols}&rows=${term.rows}${attach}`);
     ws.binaryType = 'arraybuffer';
     const enc = new TextEncoder();
     ws.onopen = () => { status.textContent = ''; term.focus(); };
