@@ -257,13 +257,10 @@ fn detached_sessions_are_capped_per_user_and_every_attach_and_detach_is_audited(
     assert!(eventually(T, || count("detach") == 3 && count("attach") == 1));
 }
 
-#[test]
-fn a_session_moves_between_the_terminal_and_the_browser() {
-    use common::idp::browser_login;
-    use common::webclient::{open_ws, read_until, type_line, ws_ticket, Web};
-    // alice is both a key-file user and the IdP's alice (linked), so her SSH and browser
-    // sessions are one user's.
-    let w = Web::start_with(
+/// A gateway with the web front where alice is both a key-file user and the IdP's alice
+/// (linked), so her SSH and browser sessions are one user's; and her key.
+fn web_and_key() -> (common::webclient::Web, Keypair) {
+    let w = common::webclient::Web::start_with(
         "[session]\ncommand = [\"/bin/sh\"]\ndetach_timeout = \"5m\"\n",
         "",
         "linked_key_users = [\"alice\"]\n",
@@ -272,6 +269,14 @@ fn a_session_moves_between_the_terminal_and_the_browser() {
     let key = Keypair::new(w.tmp.path(), "alice_key");
     w.gw.set_keys("alice", &key.public_line);
     assert!(w.gw.wait_log("users=1", T).is_some());
+    (w, key)
+}
+
+#[test]
+fn a_session_moves_between_the_terminal_and_the_browser() {
+    use common::idp::browser_login;
+    use common::webclient::{open_ws, read_until, type_line, ws_ticket};
+    let (w, key) = web_and_key();
     let browser = browser_login(&w.url, "alice");
     let ticket = |b: &reqwest::blocking::Client| {
         let (status, t) = ws_ticket(&w.url, b, &w.url);
@@ -584,16 +589,7 @@ fn one_recording_spans_every_attachment_with_markers() {
 
 #[test]
 fn headless_chromium_opens_an_ssh_session_from_ssh_link_and_types_into_it() {
-    use common::webclient::Web;
-    let w = Web::start_with(
-        "[session]\ncommand = [\"/bin/sh\"]\ndetach_timeout = \"5m\"\n",
-        "",
-        "linked_key_users = [\"alice\"]\n",
-        &[],
-    );
-    let key = Keypair::new(w.tmp.path(), "alice_key");
-    w.gw.set_keys("alice", &key.public_line);
-    assert!(w.gw.wait_log("users=1", T).is_some());
+    let (w, key) = web_and_key();
     let mut term = PtyClient::spawn(&w.gw.pty_args(&key), 80, 24);
     term.send("echo FROM-SSH-$((40+2))\r");
     assert!(term.expect_screen("FROM-SSH-42", T), "{}", term.screen());
