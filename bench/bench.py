@@ -186,6 +186,48 @@ def connect_latency(t, key, n):
     return [timed(t.ssh(key, "true")) * 1000 for _ in range(n)]
 
 
+def reattach_latency(t, key, n):
+    """ms from starting `ssh -tt host attach ID` until the restored screen arrives (a marker the
+    detached program printed), for a session whose client was killed."""
+    first = subprocess.Popen(t.ssh(key, "echo REATTACH-MARK; exec sleep 900", tty=True),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    read_until(first.stdout, b"REATTACH-MARK", 20)
+    first.kill()
+    first.wait()
+    # The only detached session (every run ends its own).
+    ids, deadline = [], time.time() + 10
+    while not ids and time.time() < deadline:
+        listed = subprocess.run(t.ssh(key, "sessions"), capture_output=True, timeout=20).stdout.decode()
+        ids = [s["id"] for s in map(json.loads, listed.splitlines()) if s["state"] == "detached"]
+        time.sleep(0.05)
+    out = []
+    for _ in range(n if ids else 0):
+        start = time.perf_counter()
+        c = subprocess.Popen(t.ssh(key, "attach", ids[0], tty=True), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        if read_until(c.stdout, b"REATTACH-MARK", 20):
+            out.append((time.perf_counter() - start) * 1000)
+        c.kill()
+        c.wait()
+    subprocess.run(t.ssh(key, "end", ids[0]) if ids else ["true"], capture_output=True, timeout=20)
+    return out
+
+
+def read_until(stream, needle, timeout):
+    """Reads `stream` until `needle` appears (True) or `timeout` seconds pass (False)."""
+    seen, deadline = b"", time.time() + timeout
+    while time.time() < deadline:
+        r, _, _ = select.select([stream], [], [], 0.5)
+        if r:
+            chunk = os.read(stream.fileno(), 65536)
+            if not chunk:
+                return False
+            seen += chunk
+            if needle in seen:
+                return True
+    return False
+
+
 def pty_throughput(t, key, mb):
     cmd = t.ssh(key, f"head -c {mb * 1000000} /dev/zero | base64", tty=True)
     out_bytes = (mb * 1000000 + 2) // 3 * 4
@@ -455,7 +497,7 @@ def main():
                     help="rerun a run during which the hypervisor stole more than this %% of the CPU time "
                          "(default %(default)s; 100 never reruns)")
     ap.add_argument("--only", action="append", default=[],
-                    help="measure only these groups: connect, pty, channel, echo, idle, detached, device")
+                    help="measure only these groups: connect, pty, channel, echo, idle, reattach, detached, device")
     args = ap.parse_args()
     ONLY = set(args.only)
     MAX_STEAL = args.max_steal
@@ -563,6 +605,14 @@ def run(tmp, q, results):
                 idle[t.name] = {"accepted": accepted, "rss_kb_per_session": round(rss, 1),
                                 "pss_kb_per_session": round(pss, 1)}
             record(f"{count} idle PTY sessions", "KB/session", idle, "lower")
+    if want("reattach"):
+        lat = {"gateway, reattach": [], "gateway, connect": []}
+        for _ in range(8 if q else 40):  # interleaved
+            r = quiet("reattach", lambda: reattach_latency(gdet, key, 1))
+            lat["gateway, reattach"] += r
+            lat["gateway, connect"] += quiet("reattach", lambda: connect_latency(gdet, key, 1))
+        record("reattach: connect + auth + screen restored", "ms",
+               {k: summarize(v) for k, v in lat.items() if v}, "lower")
     if want("detached"):
         for count in ([10] if q else [1000]):
             left, rss, pss = detached_sessions(gdet, key, count)
