@@ -25,6 +25,28 @@ fn gateway(detach: &str, program: &str) -> (tempfile::TempDir, Gateway, Keypair)
     (tmp, gw, key)
 }
 
+/// The user's sessions as `ssh host sessions` prints them (one JSON object a line).
+fn sessions_of(gw: &Gateway, key: &Keypair) -> Vec<serde_json::Value> {
+    let mut ssh = gw.ssh(key);
+    ssh.args(["127.0.0.1", "sessions"]);
+    text(&run(ssh, T).stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The id of the user's one session.
+fn only_session(gw: &Gateway, key: &Keypair) -> String {
+    let listed = sessions_of(gw, key);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    listed[0]["id"].as_str().unwrap().to_owned()
+}
+
+/// Waits until the gateway has logged `n` detaches.
+fn detaches(gw: &Gateway, n: usize) -> bool {
+    eventually(T, || gw.log().matches("session detached").count() == n)
+}
+
 /// What a terminal shows after the counter program's whole output.
 fn expected_screen(rows: u16, cols: u16) -> vt100::Parser {
     let mut p = vt100::Parser::new(rows, cols, 0);
@@ -95,12 +117,7 @@ fn users_list_attach_start_and_end_their_sessions_and_never_anyone_elses() {
         ssh.args(args);
         run(ssh, T)
     };
-    let list = |k: &Keypair| -> Vec<serde_json::Value> {
-        text(&cmd(k, &["127.0.0.1", "sessions"]).stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
+    let list = |k: &Keypair| sessions_of(&gw, k);
     let mut a = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
     assert!(a.expect("READY-", T));
     a.kill_hard();
@@ -171,10 +188,7 @@ fn a_session_ends_when_nobody_comes_back_and_its_end_is_reported_once() {
     assert!(a.expect("READY", T));
     a.kill_hard();
     assert!(gw.wait_log("program exited", T).is_some(), "{}", gw.log());
-    let mut ssh = gw.ssh(&key);
-    ssh.args(["-tt", "127.0.0.1", "sessions"]);
-    let out = text(&run(ssh, T).stdout);
-    assert!(out.trim().is_empty(), "{out}");
+    assert!(sessions_of(&gw, &key).is_empty());
     let c = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
     assert!(c.expect("exit status 3", T), "{}", c.output());
     drop(c);
@@ -229,12 +243,7 @@ fn detached_sessions_are_capped_per_user_and_every_attach_and_detach_is_audited(
         "{}",
         gw.log()
     );
-    let listed = || {
-        let mut ssh = gw.ssh(&key);
-        ssh.args(["127.0.0.1", "sessions"]);
-        text(&run(ssh, T).stdout).lines().count()
-    };
-    assert!(eventually(T, || listed() == 2));
+    assert!(eventually(T, || sessions_of(&gw, &key).len() == 2));
     // The next login hears about it, then picks one of the two left.
     let mut c = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
     assert!(
@@ -339,11 +348,9 @@ fn several_clients_share_a_session_and_the_pty_follows_the_one_typing() {
     let (_tmp, gw, key) = gateway("5m", "echo READY; exec sh");
     let a = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
     assert!(a.expect("READY", T));
-    let mut ssh = gw.ssh(&key);
-    ssh.args(["127.0.0.1", "sessions"]);
-    let listed: serde_json::Value = serde_json::from_str(text(&run(ssh, T).stdout).trim()).unwrap();
-    let id = listed["id"].as_str().unwrap().to_owned();
-    assert_eq!(listed["clients"], 1);
+    let listed = sessions_of(&gw, &key);
+    assert_eq!(listed[0]["clients"], 1, "{listed:?}");
+    let id = only_session(&gw, &key);
     let mut args = gw.pty_args(&key);
     args.insert(args.len() - 1, "-t".into());
     args.extend(["attach".into(), id]);
@@ -372,10 +379,7 @@ fn a_shared_session_is_watched_read_only_once() {
     assert!(gw.wait_log("users=2", T).is_some());
     let mut alice = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
     assert!(alice.expect("READY-alice", T));
-    let mut ssh = gw.ssh(&key);
-    ssh.args(["127.0.0.1", "sessions"]);
-    let listed: serde_json::Value = serde_json::from_str(text(&run(ssh, T).stdout).trim()).unwrap();
-    let id = listed["id"].as_str().unwrap().to_owned();
+    let id = only_session(&gw, &key);
     // Bob cannot share alice's session; alice can.
     let mut ssh = gw.ssh(&bob);
     ssh.args(["127.0.0.1", "share", &id]);
@@ -421,9 +425,7 @@ fn a_shared_session_is_watched_read_only_once() {
     watcher.kill_hard();
     assert!(alice.expect("(watching) left", T), "{}", alice.output());
     // Alice's session is still attached (a watcher leaving detaches nothing).
-    let mut ssh = gw.ssh(&key);
-    ssh.args(["127.0.0.1", "sessions"]);
-    assert!(text(&run(ssh, T).stdout).contains("\"state\":\"attached\""));
+    assert_eq!(sessions_of(&gw, &key)[0]["state"], "attached");
     // The operator's view shows it too: one client, no watcher left.
     let mut admin = std::process::Command::new(BIN);
     admin
@@ -457,11 +459,7 @@ fn with_several_detached_sessions_a_login_picks_one_or_starts_anew() {
         );
         c.kill_hard();
     }
-    assert!(eventually(T, || gw
-        .log()
-        .matches("session detached")
-        .count()
-        == 2));
+    assert!(detaches(&gw, 2));
     // The picker lists both, the most recently active first; down + Enter attaches the other.
     let mut c = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
     assert!(c.expect_screen("Your sessions", T), "{}", c.screen());
@@ -473,11 +471,7 @@ fn with_several_detached_sessions_a_login_picks_one_or_starts_anew() {
         c.screen()
     );
     c.kill_hard();
-    assert!(eventually(T, || gw
-        .log()
-        .matches("session detached")
-        .count()
-        == 3));
+    assert!(detaches(&gw, 3));
     // n starts a new one.
     let mut c = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
     assert!(c.expect_screen("Your sessions", T), "{}", c.screen());
@@ -528,13 +522,7 @@ fn metrics_count_detached_sessions() {
     b.kill_hard();
     assert!(eventually(T, || detached().as_deref() == Some("1")));
     // Ended while detached: no longer counted.
-    let mut ssh = gw.ssh(&key);
-    ssh.args(["127.0.0.1", "sessions"]);
-    let id = serde_json::from_str::<serde_json::Value>(text(&run(ssh, T).stdout).trim()).unwrap()
-        ["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = only_session(&gw, &key);
     let mut ssh = gw.ssh(&key);
     ssh.args(["127.0.0.1", "end", &id]);
     assert!(run(ssh, T).status.success());
@@ -595,13 +583,7 @@ fn headless_chromium_opens_an_ssh_session_from_ssh_link_and_types_into_it() {
     assert!(term.expect_screen("FROM-SSH-42", T), "{}", term.screen());
     term.kill_hard();
     assert!(w.gw.wait_log("session detached", T).is_some());
-    let mut ssh = w.gw.ssh(&key);
-    ssh.args(["127.0.0.1", "sessions"]);
-    let id = serde_json::from_str::<serde_json::Value>(text(&run(ssh, T).stdout).trim()).unwrap()
-        ["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = only_session(&w.gw, &key);
     // ssh host link ID: a browser lands on that very session.
     let mut ssh = w.gw.ssh(&key);
     ssh.args(["127.0.0.1", "link", &id]);

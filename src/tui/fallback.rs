@@ -3,12 +3,10 @@
 //! It is rendered into bytes (ANSI escapes) for a terminal of the client's size, so the SSH front
 //! can send it as channel data; a plain-text version serves sessions without a PTY.
 
-use ratatui::backend::CrosstermBackend;
 use ratatui::layout::Alignment;
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, BorderType, Paragraph, Wrap};
-use ratatui::{Terminal, TerminalOptions, Viewport};
 
 use crate::identity::Identity;
 use crate::launcher::LaunchError;
@@ -62,23 +60,10 @@ pub fn render(
 ) -> Vec<u8> {
     let mut out = ENTER.to_vec();
     let area = super::screen_area(cols, rows, 20, 8);
-    let backend = CrosstermBackend::new(Vec::<u8>::new());
-    let Ok(mut term) = Terminal::with_options(
-        backend,
-        TerminalOptions {
-            viewport: Viewport::Fixed(area),
-        },
-    ) else {
-        out.extend_from_slice(plain(identity, command, error).as_bytes());
-        return out;
-    };
-    let para = screen(identity, command, error);
-    let drawn = term.draw(|f| f.render_widget(para, f.area()));
-    if drawn.is_err() {
-        out.extend_from_slice(plain(identity, command, error).as_bytes());
-        return out;
+    match super::draw(area, screen(identity, command, error)) {
+        Some(drawn) => out.extend_from_slice(&drawn),
+        None => out.extend_from_slice(plain(identity, command, error).as_bytes()),
     }
-    out.extend_from_slice(term.backend().writer());
     out
 }
 
@@ -142,7 +127,7 @@ mod tests {
             path: "/usr/bin".into(),
         };
         let backend = ratatui::backend::TestBackend::new(220, 20);
-        let mut term = Terminal::new(backend).unwrap();
+        let mut term = ratatui::Terminal::new(backend).unwrap();
         term.draw(|f| f.render_widget(screen(&id, "hermes --tui", &err), f.area()))
             .unwrap();
         let buf = term.backend().buffer();

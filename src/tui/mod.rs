@@ -1,5 +1,5 @@
 //! Terminal screens drawn with ratatui: the fallback screen shown when the program cannot start,
-//! and `demo-tui`, a small program to try the gateway without Hermes.
+//! the session picker, and `demo-tui`, a small program to try the gateway without Hermes.
 
 pub mod admin;
 pub mod demo;
@@ -27,6 +27,22 @@ pub fn screen_area(cols: u16, rows: u16, min_cols: u16, min_rows: u16) -> Rect {
         cols.clamp(min_cols.min(MAX_SCREEN_COLS), MAX_SCREEN_COLS),
         rows.clamp(min_rows.min(MAX_SCREEN_ROWS), MAX_SCREEN_ROWS),
     )
+}
+
+/// `widget` drawn into `area` as terminal bytes (for screens sent over a channel, not a local
+/// terminal); `None` when ratatui cannot draw it.
+pub fn draw(area: Rect, widget: impl ratatui::widgets::Widget) -> Option<Vec<u8>> {
+    use ratatui::backend::CrosstermBackend;
+    use ratatui::{Terminal, TerminalOptions, Viewport};
+    let mut term = Terminal::with_options(
+        CrosstermBackend::new(Vec::<u8>::new()),
+        TerminalOptions {
+            viewport: Viewport::Fixed(area),
+        },
+    )
+    .ok()?;
+    term.draw(|f| f.render_widget(widget, f.area())).ok()?;
+    Some(term.backend().writer().clone())
 }
 
 #[cfg(test)]

@@ -1,12 +1,10 @@
 //! The session picker: shown at login when the user has several detached sessions. Rendering
 //! and key handling only; the front feeds it keys and writes its frames.
 
-use ratatui::backend::CrosstermBackend;
 use ratatui::layout::Alignment;
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, BorderType, Paragraph};
-use ratatui::{Terminal, TerminalOptions, Viewport};
 
 pub use super::fallback::{ENTER, LEAVE};
 
@@ -80,18 +78,8 @@ impl Picker {
         let mut out = ENTER.to_vec();
         let height = (self.entries.len() as u16).saturating_add(6);
         let area = super::screen_area(cols, rows.min(height), 40, 6);
-        let backend = CrosstermBackend::new(Vec::<u8>::new());
-        let Ok(mut term) = Terminal::with_options(
-            backend,
-            TerminalOptions {
-                viewport: Viewport::Fixed(area),
-            },
-        ) else {
-            return out;
-        };
-        let para = self.widget();
-        if term.draw(|f| f.render_widget(para, f.area())).is_ok() {
-            out.extend_from_slice(term.backend().writer());
+        if let Some(drawn) = super::draw(area, self.widget()) {
+            out.extend_from_slice(&drawn);
         }
         out
     }
