@@ -72,10 +72,7 @@ pub struct Running {
     clients: tokio::sync::Mutex<Vec<Client>>,
     /// Whether a client that is not a watcher is attached.
     attached: watch::Sender<bool>,
-    /// Clients and watchers now, for listings.
-    counts: Mutex<(usize, usize)>,
     outcome: watch::Sender<Option<Outcome>>,
-    last_output_ms: std::sync::atomic::AtomicU64,
     /// For the detached and watcher gauges.
     ops: Arc<crate::ops::Ops>,
     /// The session's one recording, across all its attachments (attach/detach are markers).
@@ -146,9 +143,7 @@ impl Running {
             screen: scrollback.map(|n| Mutex::new(vt100::Parser::new(size.rows, size.cols, n))),
             clients: tokio::sync::Mutex::new(Vec::new()),
             attached: watch::channel(false).0,
-            counts: Mutex::new((0, 0)),
             outcome: watch::channel(None).0,
-            last_output_ms: Default::default(),
             ops,
             recorder: Mutex::new(None),
             counted_detached: Default::default(),
@@ -235,11 +230,13 @@ impl Running {
 
     fn recount(&self, clients: &[Client]) {
         use std::sync::atomic::Ordering::SeqCst;
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
         let watchers = clients.iter().filter(|c| c.watcher).count();
-        let (_, before) = std::mem::replace(
-            &mut *lock(&self.counts),
-            (clients.len() - watchers, watchers),
-        );
+        // The session's record (admin console, listings) holds the counts.
+        self.live
+            .clients
+            .store((clients.len() - watchers) as u32, relaxed);
+        let before = self.live.watchers.swap(watchers as u32, relaxed) as usize;
         if before != watchers {
             self.ops.emit(crate::ops::Event::Watchers {
                 delta: watchers as i64 - before as i64,
@@ -249,11 +246,6 @@ impl Running {
         if self.counted_detached.swap(detached, SeqCst) != detached {
             self.ops.emit(crate::ops::Event::Detached { detached });
         }
-        let relaxed = std::sync::atomic::Ordering::Relaxed;
-        self.live
-            .clients
-            .store((clients.len() - watchers) as u32, relaxed);
-        self.live.watchers.store(watchers as u32, relaxed);
         self.attached.send_replace(clients.len() > watchers);
     }
 
@@ -294,8 +286,6 @@ impl Running {
     /// Program output: into the terminal model, then to every client. Waiting for the clients
     /// is the backpressure; a client that fails is dropped, never waited for again.
     pub async fn output(&self, chunk: &[u8]) {
-        self.last_output_ms
-            .store(crate::ops::now_ms(), std::sync::atomic::Ordering::Relaxed);
         let mut clients = self.clients.lock().await;
         if let Some(m) = &self.screen {
             lock(m).process(chunk);
@@ -332,9 +322,10 @@ impl Running {
         self.attached.subscribe()
     }
 
-    /// Milliseconds since the epoch of the program's last output (0: none yet).
+    /// Milliseconds since the epoch of the program's last output (its start, before any).
     pub fn last_output_ms(&self) -> u64 {
-        self.last_output_ms
+        self.live
+            .last_output_ms
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -361,7 +352,11 @@ impl Running {
                 .map(|d| d.as_secs())
                 .unwrap_or(0)
         };
-        let (clients, watchers) = *lock(&self.counts);
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        let (clients, watchers) = (
+            self.live.clients.load(relaxed),
+            self.live.watchers.load(relaxed),
+        );
         serde_json::json!({
             "id": self.id,
             "state": if self.is_attached() { "attached" } else { "detached" },
@@ -441,6 +436,37 @@ pub async fn pump(
         session.output(&buf[..n]).await;
         session.live.output(n);
     }
+}
+
+/// Takes over a PTY program whose first client is already attached to `session` (so no output
+/// reaches nobody): reads its output, lists the session in `hub` when it can outlive its
+/// clients (`detach_after` > 0), and supervises it to its end, letting its clients go and
+/// reporting an end nobody saw at the owner's next login. `started` gets the output pump.
+pub fn take_over(
+    hub: &Arc<Hub>,
+    session: &Arc<Running>,
+    output: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    recorder: Option<crate::ops::recording::Recorder>,
+    started: impl FnOnce(tokio::task::JoinHandle<()>) -> supervise::Started,
+    rules: supervise::Rules,
+    detach_after: Duration,
+) {
+    session.record_into(recorder.clone());
+    let out = tokio::spawn(pump(output, session.clone(), recorder));
+    if !detach_after.is_zero() {
+        hub.insert(session.clone());
+    }
+    let presence = supervise::Presence::Clients {
+        session: session.clone(),
+        after: detach_after,
+    };
+    let (hub, session, started) = (hub.clone(), session.clone(), started(out));
+    tokio::spawn(async move {
+        let outcome = supervise::supervise(started, rules, presence, session.as_ref()).await;
+        let unseen = !session.is_attached();
+        session.finish(outcome.clone()).await;
+        hub.remove(&session, unseen.then_some(&outcome));
+    });
 }
 
 /// Escape sequences that put a fresh terminal into the state `screen` describes: the right

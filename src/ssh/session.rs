@@ -484,10 +484,7 @@ impl Job {
                     )
                     .await
                 }
-                None => {
-                    self.refuse(&format!("hermes-ssh-gateway: no session {id:?} of yours"))
-                        .await
-                }
+                None => self.refuse(&not_yours(&id)).await,
             },
             Work::Share(id) => self.share(&identity, &id).await,
             Work::Watch(token) => self.watch(&identity, &token).await,
@@ -497,10 +494,7 @@ impl Job {
                     self.print(format!("ended session {id}\n")).await;
                     finish(&self.writer, 0).await;
                 }
-                None => {
-                    self.refuse(&format!("hermes-ssh-gateway: no session {id:?} of yours"))
-                        .await
-                }
+                None => self.refuse(&not_yours(&id)).await,
             },
         }
     }
@@ -508,9 +502,7 @@ impl Job {
     /// `share ID`: a single-use, short-lived ticket that lets any signed-in user watch.
     async fn share(&self, identity: &Identity, id: &str) {
         if self.ctx.hub.own(&identity.user_id, id).is_none() {
-            return self
-                .refuse(&format!("hermes-ssh-gateway: no session {id:?} of yours"))
-                .await;
+            return self.refuse(&not_yours(id)).await;
         }
         match self
             .ctx
@@ -781,11 +773,7 @@ impl Job {
             Some(id) if self.ctx.hub.own(&identity.user_id, id).is_some() => {
                 format!("&session={id}")
             }
-            Some(id) => {
-                return self
-                    .refuse(&format!("hermes-ssh-gateway: no session {id:?} of yours"))
-                    .await
-            }
+            Some(id) => return self.refuse(&not_yours(id)).await,
             None => String::new(),
         };
         match web
@@ -1006,34 +994,24 @@ impl Job {
         // The first client is attached before any output is read: a program that prints and
         // exits at once must not print to nobody. Its size is the latest (a window-change may
         // have arrived while the program was starting).
-        session.record_into(recorder.clone());
         let attachment = self.join(&session, false).await;
-        let out = tokio::spawn(crate::sessions::pump(io.output, session.clone(), recorder));
         drop(io.input);
-        // Only a session that can outlive its client is one others may find and attach.
-        if !self.ctx.detach.timeout.is_zero() {
-            self.ctx.hub.insert(session.clone());
-        }
-        let supervised = Started {
-            process: started.process,
-            live: started.live,
-            guard: started.guard,
-            out,
-            err: None,
-            started: started.started,
-        };
-        let presence = Presence::Clients {
-            session: session.clone(),
-            after: self.ctx.detach.timeout,
-        };
-        let hub = self.ctx.hub.clone();
-        let watched = session.clone();
-        tokio::spawn(async move {
-            let outcome = supervise(supervised, rules, presence, watched.as_ref()).await;
-            let unseen = !watched.is_attached();
-            watched.finish(outcome.clone()).await;
-            hub.remove(&watched, unseen.then_some(&outcome));
-        });
+        crate::sessions::take_over(
+            &self.ctx.hub,
+            &session,
+            io.output,
+            recorder,
+            |out| Started {
+                process: started.process,
+                live: started.live,
+                guard: started.guard,
+                out,
+                err: None,
+                started: started.started,
+            },
+            rules,
+            self.ctx.detach.timeout,
+        );
         tracing::debug!(user, session = session.id, "session core took the program");
         self.serve_client(session, attachment).await;
     }
@@ -1316,6 +1294,11 @@ struct StartedProgram {
     guard: crate::ops::SessionGuard,
     recorder: Option<Recorder>,
     started: std::time::Instant,
+}
+
+/// The one answer to a session id that is not the user's, whether it exists or not.
+fn not_yours(id: &str) -> String {
+    format!("hermes-ssh-gateway: no session {id:?} of yours")
 }
 
 /// Why no program started.

@@ -19,7 +19,7 @@ use crate::launcher::{self, SessionEnv, TermSize, TerminalModes};
 use crate::ops::recording::Recorder;
 use crate::ops::sessions::{NewSession, SessionGuard};
 use crate::ops::Event;
-use crate::sessions::supervise::{supervise, Presence, Rules, Started};
+use crate::sessions::supervise::{Rules, Started};
 use crate::sessions::{Joining, Running};
 
 /// Query of `/api/pty`. Only the ticket carries identity; the size is cosmetic.
@@ -191,7 +191,6 @@ async fn run(
         detachable.then_some(ctx.detach.scrollback),
         ctx.ops.clone(),
     );
-    session.record_into(recorder.clone());
     // The browser is the first client, attached before any output is read.
     let (writer, forward) = browser_writer(sink);
     let joining = Joining {
@@ -201,35 +200,28 @@ async fn run(
         restore: false,
     };
     let attachment = session.attach(writer, joining).await;
-    let out = tokio::spawn(crate::sessions::pump(io.output, session.clone(), recorder));
     drop(io.input);
-    if detachable {
-        ctx.hub.insert(session.clone());
-    }
-    let started = Started {
-        process,
-        live,
-        guard,
-        out,
-        err: None,
-        started: std::time::Instant::now(),
-    };
     let rules = Rules {
         ops: ctx.ops.clone(),
         shutdown: ctx.shutdown.clone(),
         idle: ctx.idle_timeout,
     };
-    let presence = Presence::Clients {
-        session: session.clone(),
-        after: ctx.detach.timeout,
-    };
-    let (hub, watched) = (ctx.hub.clone(), session.clone());
-    tokio::spawn(async move {
-        let outcome = supervise(started, rules, presence, watched.as_ref()).await;
-        let unseen = !watched.is_attached();
-        watched.finish(outcome.clone()).await;
-        hub.remove(&watched, unseen.then_some(&outcome));
-    });
+    crate::sessions::take_over(
+        &ctx.hub,
+        &session,
+        io.output,
+        recorder,
+        |out| Started {
+            process,
+            live,
+            guard,
+            out,
+            err: None,
+            started: std::time::Instant::now(),
+        },
+        rules,
+        ctx.detach.timeout,
+    );
     serve_browser(&ctx, session, attachment, stream, forward).await;
 }
 
