@@ -88,7 +88,7 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let store = MemoryTicketStore::new();
         let alice = crate::identity::Identity::from_mapped_key(UserId::parse("alice").unwrap(), "x".into());
-        let real = rt.block_on(store.mint(&alice, Purpose::Pty, std::time::Duration::from_secs(30))).unwrap();
+        let real = rt.block_on(store.mint(&alice, Purpose::Pty, None, std::time::Duration::from_secs(30))).unwrap();
         let real = secrecy::ExposeSecret::expose_secret(&real).to_owned();
         prop_assume!(token != real);
         prop_assert!(rt.block_on(store.consume(&token, Purpose::Pty)).is_err());

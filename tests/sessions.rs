@@ -284,13 +284,12 @@ fn web_and_key() -> (common::webclient::Web, Keypair) {
 #[test]
 fn a_session_moves_between_the_terminal_and_the_browser() {
     use common::idp::browser_login;
-    use common::webclient::{open_ws, read_until, type_line, ws_ticket};
+    use common::webclient::{open_ws, read_until, type_line, ws_ticket_with};
     let (w, key) = web_and_key();
     let browser = browser_login(&w.url, "alice");
-    let ticket = |b: &reqwest::blocking::Client| {
-        let (status, t) = ws_ticket(&w.url, b, &w.url);
-        assert_eq!(status, 200, "{t}");
-        t["ticket"].as_str().unwrap().to_owned()
+    // A ticket bound to session `id` (`POST /api/auth/ws-ticket {"session": ID}`).
+    let ticket = |b: &reqwest::blocking::Client, id: &str| {
+        ws_ticket_with(&w.url, b, &w.url, &format!(r#"{{"session":"{id}"}}"#))
     };
 
     // Started over SSH, then left.
@@ -308,12 +307,10 @@ fn a_session_moves_between_the_terminal_and_the_browser() {
         .unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
     let id = listed[0]["id"].as_str().unwrap().to_owned();
-    let mut ws = open_ws(
-        &w.url,
-        &format!("ticket={}&session={id}&cols=80&rows=24", ticket(&browser)),
-        &w.url,
-    )
-    .unwrap();
+    let (status, t) = ticket(&browser, &id);
+    assert_eq!(status, 200, "{t}");
+    let token = t["ticket"].as_str().unwrap().to_owned();
+    let mut ws = open_ws(&w.url, &format!("ticket={token}&cols=80&rows=24"), &w.url).unwrap();
     assert!(read_until(&mut ws, "FROM-SSH-42").contains("FROM-SSH-42"));
     type_line(&mut ws, "echo FROM-BROWSER-$((40+3))");
     assert!(read_until(&mut ws, "FROM-BROWSER-43").contains("FROM-BROWSER-43"));
@@ -330,17 +327,28 @@ fn a_session_moves_between_the_terminal_and_the_browser() {
         back.screen()
     );
     assert!(back.screen().contains("FROM-SSH-42"));
-    // Another user's browser cannot open it.
+    // Another user's browser cannot get a ticket for it, nor can a malformed body.
     let bob = browser_login(&w.url, "bob");
+    let (status, t) = ticket(&bob, &id);
     assert_eq!(
-        open_ws(
-            &w.url,
-            &format!("ticket={}&session={id}", ticket(&bob)),
-            &w.url
-        )
-        .err(),
-        Some(404)
+        (status, t["error"].as_str()),
+        (404, Some("no such session of yours"))
     );
+    let (status, _) = ws_ticket_with(&w.url, &bob, &w.url, r#"{"session": 7}"#);
+    assert_eq!(status, 400);
+    // A ticket outlives its session by nothing: once the session ends, the bound ticket is void.
+    let (status, t) = ticket(&browser, &id);
+    assert_eq!(status, 200, "{t}");
+    let mut end = w.gw.ssh(&key);
+    end.args(["127.0.0.1", "end", &id]);
+    assert!(run(end, T).status.success());
+    assert!(eventually(T, || sessions_of(&w.gw, &key).is_empty()));
+    let late = open_ws(
+        &w.url,
+        &format!("ticket={}", t["ticket"].as_str().unwrap()),
+        &w.url,
+    );
+    assert_eq!(late.err(), Some(404));
 }
 
 #[test]
@@ -588,29 +596,62 @@ fn headless_chromium_opens_an_ssh_session_from_ssh_link_and_types_into_it() {
     let mut ssh = w.gw.ssh(&key);
     ssh.args(["127.0.0.1", "link", &id]);
     let url = text(&run(ssh, T).stdout).trim().to_owned();
-    assert!(url.contains(&format!("session={id}")), "{url}");
-    let mut cmd = std::process::Command::new("node");
-    cmd.arg(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/idp/browser.mjs"
-    ))
-    .env("GATEWAY_URL", &w.url)
-    .env("OPEN_URL", &url)
-    .env("EXPECT", "FROM-SSH-42")
-    .env("TYPE", "echo FROM-CHROMIUM-$((40+4))\n")
-    .env("EXPECT_AFTER", "FROM-CHROMIUM-44");
-    let out = run(cmd, Duration::from_secs(120));
-    assert!(
-        out.status.success(),
-        "{}\n{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr),
-        w.gw.log()
+    // The session is inside the ticket: the link is one opaque token.
+    assert!(!url.contains("session"), "{url}");
+    let chromium = |url: &str, expect: &str, typed: &str, after: &str| {
+        let mut cmd = std::process::Command::new("node");
+        cmd.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/idp/browser.mjs"
+        ))
+        .env("GATEWAY_URL", &w.url)
+        .env("OPEN_URL", url)
+        .env("EXPECT", expect)
+        .env("TYPE", typed)
+        .env("EXPECT_AFTER", after);
+        let out = run(cmd, Duration::from_secs(120));
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}\n{}",
+            text(&out.stderr),
+            w.gw.log()
+        );
+        stdout
+    };
+    let page = chromium(
+        &url,
+        "FROM-SSH-42",
+        "echo FROM-CHROMIUM-$((40+4))\n",
+        "FROM-CHROMIUM-44",
     );
+    // The page lists the user's sessions, this one marked as the one open.
+    assert!(page.contains(&format!("SESSIONS: {id}* + new")), "{page}");
+    // A plain link (no ID) lands on the page, which resumes the detached session as `ssh` would.
+    assert!(eventually(T, || w
+        .gw
+        .log()
+        .contains("browser left; session detached")));
+    let mut ssh = w.gw.ssh(&key);
+    ssh.args(["127.0.0.1", "link"]);
+    let url = text(&run(ssh, T).stdout).trim().to_owned();
+    chromium(
+        &url,
+        "FROM-CHROMIUM-44",
+        "echo AGAIN-$((40+5))\n",
+        "AGAIN-45",
+    );
+    assert!(eventually(T, || w
+        .gw
+        .log()
+        .matches("browser left; session detached")
+        .count()
+        == 2));
     // Back over SSH: what was typed in Chromium ran in the same program.
     let back = PtyClient::spawn(&w.gw.pty_args(&key), 80, 24);
+    assert!(back.expect_screen("AGAIN-45", T), "{}", back.screen());
     assert!(
-        back.expect_screen("FROM-CHROMIUM-44", T),
+        back.screen().contains("FROM-CHROMIUM-44"),
         "{}",
         back.screen()
     );

@@ -28,17 +28,35 @@ fn alice() -> Identity {
 
 async fn ticket_suite(store: Arc<dyn TicketStore>) {
     let t = store
-        .mint(&alice(), Purpose::Pty, Duration::from_secs(30))
+        .mint(&alice(), Purpose::Pty, None, Duration::from_secs(30))
         .await
         .unwrap();
     let tok = t.expose_secret().to_owned();
-    assert_eq!(store.consume(&tok, Purpose::Pty).await.unwrap(), alice());
+    assert_eq!(
+        store.consume(&tok, Purpose::Pty).await.unwrap().identity,
+        alice()
+    );
     assert_eq!(
         store.consume(&tok, Purpose::Pty).await,
         Err(TicketRefusal::Used)
     );
+    // A ticket minted for one session names it when redeemed (the binding is in the store).
     let t = store
-        .mint(&alice(), Purpose::WebLogin, Duration::from_secs(30))
+        .mint(
+            &alice(),
+            Purpose::Watch,
+            Some("k3f9"),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let r = store
+        .consume(t.expose_secret(), Purpose::Watch)
+        .await
+        .unwrap();
+    assert_eq!((r.identity, r.session.as_deref()), (alice(), Some("k3f9")));
+    let t = store
+        .mint(&alice(), Purpose::WebLogin, None, Duration::from_secs(30))
         .await
         .unwrap();
     assert_eq!(
@@ -50,7 +68,7 @@ async fn ticket_suite(store: Arc<dyn TicketStore>) {
         Err(TicketRefusal::Used)
     );
     let t = store
-        .mint(&alice(), Purpose::Pty, Duration::from_millis(200))
+        .mint(&alice(), Purpose::Pty, None, Duration::from_millis(200))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -64,7 +82,7 @@ async fn ticket_suite(store: Arc<dyn TicketStore>) {
     );
     // 100 concurrent consumers, one winner.
     let t = store
-        .mint(&alice(), Purpose::Pty, Duration::from_secs(30))
+        .mint(&alice(), Purpose::Pty, None, Duration::from_secs(30))
         .await
         .unwrap();
     let tok = Arc::new(t.expose_secret().to_owned());

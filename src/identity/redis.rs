@@ -15,7 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::store::{unix_now, Enrollment, EnrollmentStore, StoreError};
-use super::tickets::{random_token, token_hash, Purpose, TicketRefusal, TicketStore};
+use super::tickets::{random_token, token_hash, Purpose, Redeemed, TicketRefusal, TicketStore};
 use super::{Identity, UserId};
 
 /// How long one Redis operation may take before it counts as unreachable.
@@ -123,6 +123,8 @@ fn key(kind: &str, id: &str) -> String {
 struct StoredTicket {
     identity: Identity,
     purpose: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    session: Option<String>,
     /// Unix ms.
     expires_ms: u64,
 }
@@ -147,12 +149,14 @@ impl TicketStore for RedisTickets {
         &self,
         identity: &Identity,
         purpose: Purpose,
+        session: Option<&str>,
         ttl: Duration,
     ) -> Result<SecretString, TicketRefusal> {
         let token = random_token();
         let stored = StoredTicket {
             identity: identity.clone(),
             purpose: purpose.as_str().into(),
+            session: session.map(str::to_owned),
             expires_ms: now_ms() + ttl.as_millis() as u64,
         };
         let value = serde_json::to_string(&stored).map_err(|_| TicketRefusal::Unavailable)?;
@@ -168,7 +172,7 @@ impl TicketStore for RedisTickets {
         Ok(token)
     }
 
-    async fn consume(&self, token: &str, purpose: Purpose) -> Result<Identity, TicketRefusal> {
+    async fn consume(&self, token: &str, purpose: Purpose) -> Result<Redeemed, TicketRefusal> {
         if token.len() != 43 {
             return Err(TicketRefusal::Unknown);
         }
@@ -208,7 +212,10 @@ impl TicketStore for RedisTickets {
                     .arg(left + TICKET_GRACE_MS),
             )
             .await;
-        redeemable(&value, purpose)
+        redeemable(&value, purpose).map(|s| Redeemed {
+            identity: s.identity,
+            session: s.session,
+        })
     }
 
     async fn peek(&self, token: &str, purpose: Purpose) -> Result<Identity, TicketRefusal> {
@@ -224,12 +231,12 @@ impl TicketStore for RedisTickets {
         let Some(value) = got else {
             return Err(TicketRefusal::Unknown);
         };
-        redeemable(&value, purpose)
+        redeemable(&value, purpose).map(|s| s.identity)
     }
 }
 
-/// The identity of a stored ticket, when it is live and for `purpose`.
-fn redeemable(value: &str, purpose: Purpose) -> Result<Identity, TicketRefusal> {
+/// A stored ticket, when it is live and for `purpose`.
+fn redeemable(value: &str, purpose: Purpose) -> Result<StoredTicket, TicketRefusal> {
     let stored: StoredTicket = serde_json::from_str(value).map_err(|_| TicketRefusal::Unknown)?;
     if stored.expires_ms <= now_ms() {
         return Err(TicketRefusal::Expired);
@@ -237,7 +244,7 @@ fn redeemable(value: &str, purpose: Purpose) -> Result<Identity, TicketRefusal> 
     if stored.purpose != purpose.as_str() {
         return Err(TicketRefusal::WrongPurpose);
     }
-    Ok(stored.identity)
+    Ok(stored)
 }
 
 /// Enrollments in Redis: `hermes:enroll:<fingerprint>` expiring at the binding's own expiry, so

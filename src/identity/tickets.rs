@@ -77,18 +77,30 @@ pub fn token_hash(token: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What a redeemed ticket grants: whose it is and, for a ticket minted for one session (a
+/// browser opening a running session, a watch link), that session's id. The binding travels in
+/// the ticket itself, so nothing outside the store has to remember it or sweep it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redeemed {
+    /// The identity the ticket was minted for.
+    pub identity: Identity,
+    /// The session the ticket is bound to, if any.
+    pub session: Option<String>,
+}
+
 /// Where tickets live.
 #[async_trait::async_trait]
 pub trait TicketStore: Send + Sync {
-    /// Stores a new ticket and returns its token.
+    /// Stores a new ticket, bound to `session` when one is given, and returns its token.
     async fn mint(
         &self,
         identity: &Identity,
         purpose: Purpose,
+        session: Option<&str>,
         ttl: Duration,
     ) -> Result<SecretString, TicketRefusal>;
     /// Redeems a ticket exactly once.
-    async fn consume(&self, token: &str, purpose: Purpose) -> Result<Identity, TicketRefusal>;
+    async fn consume(&self, token: &str, purpose: Purpose) -> Result<Redeemed, TicketRefusal>;
     /// Whom a ticket would log in, without redeeming it (to ask before using it).
     async fn peek(&self, token: &str, purpose: Purpose) -> Result<Identity, TicketRefusal>;
 }
@@ -98,6 +110,7 @@ enum Entry {
     Live {
         identity: Box<Identity>,
         purpose: Purpose,
+        session: Option<String>,
         expires: Instant,
     },
     /// Kept until the ticket's own expiry, so a replay is told apart from a guess in the log.
@@ -147,6 +160,7 @@ impl TicketStore for MemoryTicketStore {
         &self,
         identity: &Identity,
         purpose: Purpose,
+        session: Option<&str>,
         ttl: Duration,
     ) -> Result<SecretString, TicketRefusal> {
         let token = random_token();
@@ -155,13 +169,14 @@ impl TicketStore for MemoryTicketStore {
             Entry::Live {
                 identity: Box::new(identity.clone()),
                 purpose,
+                session: session.map(str::to_owned),
                 expires: Instant::now() + ttl,
             },
         );
         Ok(token)
     }
 
-    async fn consume(&self, token: &str, purpose: Purpose) -> Result<Identity, TicketRefusal> {
+    async fn consume(&self, token: &str, purpose: Purpose) -> Result<Redeemed, TicketRefusal> {
         // 256 bits in base64url is 43 characters; anything else was never minted here.
         if token.len() != 43 {
             return Err(TicketRefusal::Unknown);
@@ -174,6 +189,7 @@ impl TicketStore for MemoryTicketStore {
             Entry::Live {
                 identity,
                 purpose: p,
+                session,
                 expires,
             } => {
                 let now = Instant::now();
@@ -182,7 +198,10 @@ impl TicketStore for MemoryTicketStore {
                 } else if p != purpose {
                     refusal = TicketRefusal::WrongPurpose;
                 } else {
-                    found = Some(*identity);
+                    found = Some(Redeemed {
+                        identity: *identity,
+                        session,
+                    });
                 }
                 Entry::Used { expires }
             }
@@ -224,7 +243,10 @@ mod tests {
     #[tokio::test]
     async fn tickets_are_single_use_purpose_bound_and_expire() {
         let s = MemoryTicketStore::new();
-        let t = s.mint(&alice(), Purpose::Pty, DEFAULT_TTL).await.unwrap();
+        let t = s
+            .mint(&alice(), Purpose::Pty, None, DEFAULT_TTL)
+            .await
+            .unwrap();
         let tok = t.expose_secret().to_owned();
         assert_eq!(tok.len(), 43);
         assert!(!format!("{t:?}").contains(&tok), "tokens never print");
@@ -232,6 +254,7 @@ mod tests {
             s.consume(&tok, Purpose::Pty)
                 .await
                 .unwrap()
+                .identity
                 .user_id
                 .as_str(),
             "alice"
@@ -242,7 +265,7 @@ mod tests {
         );
 
         let t = s
-            .mint(&alice(), Purpose::WebLogin, DEFAULT_TTL)
+            .mint(&alice(), Purpose::WebLogin, None, DEFAULT_TTL)
             .await
             .unwrap();
         assert_eq!(
@@ -256,7 +279,7 @@ mod tests {
         );
 
         let t = s
-            .mint(&alice(), Purpose::Pty, Duration::ZERO)
+            .mint(&alice(), Purpose::Pty, Some("k3f9"), Duration::ZERO)
             .await
             .unwrap();
         assert_eq!(

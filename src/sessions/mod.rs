@@ -503,9 +503,6 @@ pub struct Hub {
     by_id: DashMap<String, Arc<Running>>,
     /// Sessions that ended while detached, reported once at the owner's next login.
     ended: DashMap<UserId, Vec<(String, Outcome)>>,
-    /// Watch tickets (`share`) → the session they show. The ticket store decides whether a
-    /// ticket is valid (single use, short-lived); this only says which session it names.
-    shares: DashMap<String, String>,
 }
 
 impl Hub {
@@ -561,18 +558,6 @@ impl Hub {
                 }
             })
             .collect()
-    }
-
-    /// Remembers that watch ticket `token` shows session `id`.
-    pub fn share(&self, token: &str, id: &str) {
-        self.shares.insert(token.to_owned(), id.to_owned());
-    }
-
-    /// The session watch ticket `token` names, once; only when `owner` (from the redeemed
-    /// ticket) still owns it.
-    pub fn shared(&self, token: &str, owner: &UserId) -> Option<Arc<Running>> {
-        let (_, id) = self.shares.remove(token)?;
-        self.own(owner, &id)
     }
 
     /// How many sessions there are.

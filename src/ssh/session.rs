@@ -507,12 +507,11 @@ impl Job {
         match self
             .ctx
             .tickets
-            .mint(identity, Purpose::Watch, WATCH_TTL)
+            .mint(identity, Purpose::Watch, Some(id), WATCH_TTL)
             .await
         {
             Ok(t) => {
                 let token = t.expose_secret().to_owned();
-                self.ctx.hub.share(&token, id);
                 self.ctx.ops.emit(Event::Ticket {
                     op: "mint",
                     purpose: Purpose::Watch.as_str(),
@@ -543,7 +542,10 @@ impl Job {
             ok: consumed.is_ok(),
         });
         let session = match consumed {
-            Ok(owner) => self.ctx.hub.shared(token, &owner.user_id),
+            // Still the owner's: a session handed over is not watchable with an old link.
+            Ok(r) => r
+                .session
+                .and_then(|id| self.ctx.hub.own(&r.identity.user_id, &id)),
             Err(reason) => {
                 tracing::warn!(user = %identity.user_id, %reason, "refused: watch ticket");
                 None
@@ -769,16 +771,13 @@ impl Job {
                 .refuse("hermes-ssh-gateway: the web front is not enabled on this gateway")
                 .await;
         };
-        let open = match session {
-            Some(id) if self.ctx.hub.own(&identity.user_id, id).is_some() => {
-                format!("&session={id}")
-            }
-            Some(id) => return self.refuse(&not_yours(id)).await,
-            None => String::new(),
-        };
+        if let Some(id) = session.filter(|id| self.ctx.hub.own(&identity.user_id, id).is_none()) {
+            return self.refuse(&not_yours(id)).await;
+        }
+        // The session travels inside the ticket: the URL stays one opaque token.
         match web
             .tickets
-            .mint(identity, Purpose::WebLogin, LINK_TTL)
+            .mint(identity, Purpose::WebLogin, session, LINK_TTL)
             .await
         {
             Ok(t) => {
@@ -789,7 +788,7 @@ impl Job {
                     ok: true,
                 });
                 self.print(format!(
-                    "{}/auth/ticket?t={}{open}\n",
+                    "{}/auth/ticket?t={}\n",
                     web.public_url,
                     t.expose_secret()
                 ))

@@ -488,28 +488,61 @@ pub async fn sessions(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) ->
     }
 }
 
-/// `POST /api/auth/ws-ticket`: a 30-second, single-use ticket for `/api/pty`, for the session's
-/// identity (the same shape as the Hermes dashboard's).
-pub async fn ws_ticket(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Response {
+/// Body of `POST /api/auth/ws-ticket`: empty or `{}` for a new session, `{"session": "ID"}` to
+/// open one of the user's running sessions.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WsTicketRequest {
+    session: Option<String>,
+}
+
+fn json_error(status: StatusCode, error: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": error }))).into_response()
+}
+
+/// `POST /api/auth/ws-ticket`: a short-lived, single-use ticket for `/api/pty`, for the session
+/// cookie's identity (the same shape as the Hermes dashboard's), bound to one running session of
+/// the user's when the body names one.
+pub async fn ws_ticket(
+    State(ctx): State<Arc<WebContext>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     // CSRF: the cookie is SameSite=Lax, and a state-changing POST must come from our own pages.
     if !ctx.same_origin(&headers) {
         tracing::warn!("refused: ws-ticket request from a foreign origin");
-        return (
-            StatusCode::FORBIDDEN,
-            Json(serde_json::json!({"error": "forbidden"})),
-        )
-            .into_response();
+        return json_error(StatusCode::FORBIDDEN, "forbidden");
     }
     let Some(identity) = session_identity(&ctx, &headers) else {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(serde_json::json!({"error": "not signed in"})),
-        )
-            .into_response();
+        return json_error(StatusCode::UNAUTHORIZED, "not signed in");
     };
+    let request: WsTicketRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        WsTicketRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(_) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    r#"the body must be {} or {"session": "ID"}"#,
+                )
+            }
+        }
+    };
+    // Checked now so the page can say so at once; checked again when the ticket is redeemed.
+    if let Some(id) = request.session.as_deref() {
+        if ctx.hub.own(&identity.user_id, id).is_none() {
+            return json_error(StatusCode::NOT_FOUND, "no such session of yours");
+        }
+    }
     match ctx
         .tickets
-        .mint(&identity, Purpose::Pty, ctx.ticket_ttl)
+        .mint(
+            &identity,
+            Purpose::Pty,
+            request.session.as_deref(),
+            ctx.ticket_ttl,
+        )
         .await
     {
         Ok(t) => Json(serde_json::json!({
@@ -519,11 +552,7 @@ pub async fn ws_ticket(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -
         .into_response(),
         Err(e) => {
             tracing::error!(reason = %e, "minting a ticket failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(serde_json::json!({"error": "unavailable"})),
-            )
-                .into_response()
+            json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable")
         }
     }
 }
@@ -540,15 +569,11 @@ fn invalid_link(ctx: &WebContext) -> Response {
 #[derive(Deserialize)]
 pub struct TicketQuery {
     t: Option<String>,
-    /// The session `ssh host link ID` named: the browser opens it after signing in.
-    session: Option<String>,
 }
 
-/// A session id as `ssh host sessions` prints them, or nothing (it goes into a URL and a page).
-fn session_param(q: &TicketQuery) -> Option<&str> {
-    q.session
-        .as_deref()
-        .filter(|s| !s.is_empty() && s.len() <= 16 && s.bytes().all(|b| b.is_ascii_alphanumeric()))
+/// A session id as `ssh host sessions` prints them (it goes into a URL).
+fn is_session_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 16 && s.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// `GET /auth/ticket?t=…`: the SSH → browser hand-off (`ssh host link`). A link can be sent to
@@ -557,7 +582,6 @@ pub async fn ticket_confirm(
     State(ctx): State<Arc<WebContext>>,
     Query(q): Query<TicketQuery>,
 ) -> Response {
-    let session = session_param(&q).unwrap_or_default().to_owned();
     let token = q.t.unwrap_or_default();
     match ctx.tickets.peek(&token, Purpose::WebLogin).await {
         Ok(identity) => {
@@ -567,11 +591,9 @@ pub async fn ticket_confirm(
 <p>This link signs this browser in as <b>{user}</b>, the account that ran <code>link</code> over SSH. \
 Continue only if you ran it yourself.</p>\
 <form method=\"post\" action=\"/auth/ticket\"><input type=\"hidden\" name=\"t\" value=\"{t}\">\
-<input type=\"hidden\" name=\"session\" value=\"{session}\">\
 <button id=\"continue\" type=\"submit\">Continue as {user}</button></form></body></html>",
                 user = escape(identity.user_id.as_str()),
                 t = escape(&token),
-                session = escape(&session),
             );
             (
                 [
@@ -604,10 +626,6 @@ pub async fn ticket_login(
         tracing::warn!("refused: web-login ticket posted from a foreign origin");
         return StatusCode::FORBIDDEN.into_response();
     }
-    let landing = match session_param(&q) {
-        Some(id) => format!("/?session={id}"),
-        None => "/".to_owned(),
-    };
     let token = q.t.unwrap_or_default();
     let consumed = ctx.tickets.consume(&token, Purpose::WebLogin).await;
     ctx.ops.emit(crate::ops::Event::Ticket {
@@ -616,7 +634,13 @@ pub async fn ticket_login(
         ok: consumed.is_ok(),
     });
     match consumed {
-        Ok(identity) => {
+        Ok(redeemed) => {
+            // `ssh host link ID`: the browser lands on that session.
+            let landing = match redeemed.session.filter(|id| is_session_id(id)) {
+                Some(id) => format!("/?session={id}"),
+                None => "/".to_owned(),
+            };
+            let identity = redeemed.identity;
             tracing::info!(user = %identity.user_id, method = %identity.method, "browser signed in with an ssh link");
             let session = ctx.sessions.create(identity, ctx.session_ttl);
             (

@@ -22,12 +22,11 @@ use crate::ops::Event;
 use crate::sessions::supervise::{Rules, Started};
 use crate::sessions::{Joining, Running};
 
-/// Query of `/api/pty`. Only the ticket carries identity; the size is cosmetic.
+/// Query of `/api/pty`. Only the ticket carries identity (and, when it was minted for one, the
+/// session to attach); the size is cosmetic.
 #[derive(Deserialize)]
 pub struct PtyQuery {
     ticket: Option<String>,
-    /// One of the user's running sessions to attach, instead of starting a program.
-    session: Option<String>,
     cols: Option<u32>,
     rows: Option<u32>,
 }
@@ -61,16 +60,16 @@ pub async fn pty(
         purpose: Purpose::Pty.as_str(),
         ok: consumed.is_ok(),
     });
-    let identity = match consumed {
-        Ok(id) => id,
+    let (identity, session) = match consumed {
+        Ok(r) => (r.identity, r.session),
         Err(reason) => {
             tracing::warn!(%reason, "refused: pty ticket");
             return (StatusCode::FORBIDDEN, "invalid ticket\n").into_response();
         }
     };
     let size = TermSize::clamped(q.cols.unwrap_or(80), q.rows.unwrap_or(24), 0, 0);
-    if let Some(id) = q.session.as_deref() {
-        // Only the ticket's user's own sessions, whatever the id.
+    if let Some(id) = session.as_deref() {
+        // Checked again: the session may have ended since the ticket was minted.
         let Some(session) = ctx.hub.own(&identity.user_id, id) else {
             return (StatusCode::NOT_FOUND, "no such session of yours\n").into_response();
         };

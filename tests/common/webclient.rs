@@ -16,11 +16,21 @@ pub fn ws_ticket(
     b: &reqwest::blocking::Client,
     origin: &str,
 ) -> (u16, serde_json::Value) {
+    ws_ticket_with(url, b, origin, "{}")
+}
+
+/// `POST /api/auth/ws-ticket` with this body (`{"session": "ID"}` binds the ticket to a session).
+pub fn ws_ticket_with(
+    url: &str,
+    b: &reqwest::blocking::Client,
+    origin: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
     let r = b
         .post(format!("{url}/api/auth/ws-ticket"))
         .header("Origin", origin)
         .header("Content-Type", "application/json")
-        .body("{}")
+        .body(body.to_owned())
         .send()
         .unwrap();
     (r.status().as_u16(), r.json().unwrap_or_default())

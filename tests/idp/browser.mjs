@@ -2,7 +2,8 @@
 // front: sign in at the test IdP, open the terminal, type, read the rendered terminal.
 // env: GATEWAY_URL, LOGIN_USER, SCREENSHOT (path), CHROMIUM (default /usr/bin/chromium)
 // Or, with OPEN_URL (an `ssh host link [ID]` URL): open it, confirm, and land on the terminal;
-// then wait for EXPECT on the terminal, type TYPE, and wait for EXPECT_AFTER.
+// then wait for EXPECT on the terminal, type TYPE, and wait for EXPECT_AFTER; prints SESSIONS:
+// the header's session list too.
 // Prints "TERMINAL: <text of the terminal rows>" and exits 0 when the page worked.
 import { chromium } from 'playwright-core';
 
@@ -29,6 +30,10 @@ try {
     await page.keyboard.type(process.env.TYPE);
     await page.waitForFunction((want) => document.querySelector('.xterm-rows').innerText.includes(want), process.env.EXPECT_AFTER, { timeout: 15000 });
     console.log(`TERMINAL: ${(await page.evaluate(rows)).replace(/\s+/g, ' ')}`);
+    // The header's session list: ids, the open one starred.
+    const listed = await page.evaluate(() => [...document.querySelectorAll('#sessions a')]
+      .map((a) => a.textContent + (a.className === 'current' ? '*' : '')).join(' '));
+    console.log(`SESSIONS: ${listed}`);
     process.exit(0);
   }
   await page.goto(`${url}/`);
