@@ -64,6 +64,9 @@ enum Command {
         /// Print the list once as JSON (for scripts) instead of the live view.
         #[arg(long)]
         json: bool,
+        /// Watch this session (the ID column) read-only; `q` or Ctrl-] stops.
+        #[arg(long, value_name = "ID", conflicts_with = "json")]
+        watch: Option<u64>,
         /// The admin socket (default: `[admin] socket` of the config file).
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
@@ -136,7 +139,11 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
-        Some(Command::Sessions { json, socket }) => {
+        Some(Command::Sessions {
+            json,
+            watch,
+            socket,
+        }) => {
             let socket = match socket {
                 Some(s) => s,
                 None => match Config::load(&cli.config) {
@@ -151,6 +158,8 @@ fn main() -> std::process::ExitCode {
                 hermes_ssh_gateway::tui::admin::fetch(&socket).map(|rows| {
                     println!("{}", serde_json::to_string(&rows).unwrap_or_default());
                 })
+            } else if let Some(id) = watch {
+                hermes_ssh_gateway::tui::admin::watch_in_raw_mode(&socket, id)
             } else {
                 hermes_ssh_gateway::tui::admin::run(&socket)
             };
@@ -353,6 +362,9 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
                 .with_context(|| format!("[state] dir {}", config.state.dir.display()))?,
         ),
     };
+    // One set of sessions for both fronts (a session started in one can be attached from the
+    // other) and the operator's console.
+    let hub = Arc::new(hermes_ssh_gateway::sessions::Hub::default());
     let admin_listener = admin::bind(&config.admin.socket)
         .with_context(|| format!("[admin] socket {}", config.admin.socket.display()))?;
     tokio::spawn(admin::serve(
@@ -361,6 +373,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             sessions: ops.sessions.clone(),
             enrollments: enrollments.clone(),
             ops: ops.clone(),
+            hub: hub.clone(),
         },
         background.clone(),
     ));
@@ -457,9 +470,6 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         }
     };
     let bans: Arc<dyn Bans> = Arc::new(ByNetwork::new(bans, config.limits.ipv6_prefix));
-    // One set of sessions for both fronts: a session started in one can be attached from the
-    // other.
-    let hub = Arc::new(hermes_ssh_gateway::sessions::Hub::default());
     let detach = hermes_ssh_gateway::sessions::DetachPolicy {
         timeout: config.session.detach_timeout,
         scrollback: config.session.scrollback,

@@ -379,6 +379,131 @@ fn several_clients_share_a_session_and_the_pty_follows_the_one_typing() {
     assert!(a.expect("STILL-42", T));
 }
 
+/// `ssh host share ID` as alice, and the token it prints.
+fn share_token(gw: &Gateway, key: &Keypair, id: &str) -> String {
+    let mut ssh = gw.ssh(key);
+    ssh.args(["127.0.0.1", "share", id]);
+    let shared = text(&run(ssh, T).stdout);
+    shared
+        .rsplit(" watch ")
+        .next()
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{shared}"))
+        .to_owned()
+}
+
+#[test]
+fn a_watcher_who_stops_reading_never_holds_up_the_owner_and_catches_up_later() {
+    use std::io::Read;
+    let (tmp, gw, key) = gateway("5m", "echo READY; exec sh");
+    let bob = Keypair::new(tmp.path(), "bob_key");
+    gw.set_keys("bob", &bob.public_line);
+    assert!(gw.wait_log("users=2", T).is_some());
+    let mut alice = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
+    assert!(alice.expect("READY", T));
+    let token = share_token(&gw, &key, &only_session(&gw, &key));
+    // The real OpenSSH client whose output nobody reads: its stdout pipe fills, it stops reading
+    // the connection, and the channel window and the socket buffers fill behind it.
+    let mut ssh = gw.ssh(&bob);
+    ssh.args(["-tt", "127.0.0.1", "watch", &token])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut stalled = ssh.spawn().unwrap();
+    assert!(
+        alice.expect("(watching) is watching too", T),
+        "{}",
+        alice.output()
+    );
+    // Far more output than every buffer between the gateway and that client holds.
+    alice.send("head -c 30000000 /dev/zero | tr '\\0' x; echo; echo DONE-$((6*7))\r");
+    assert!(
+        alice.expect("DONE-42", Duration::from_secs(90)),
+        "the owner was held up by a watcher who stopped reading"
+    );
+    // The watcher reads again: it skipped what it missed and gets the screen as it stands.
+    let mut out = stalled.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tail = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n @ 1..) = out.read(&mut buf) {
+            tail.extend_from_slice(&buf[..n]);
+            if tail.windows(7).any(|w| w == b"DONE-42") {
+                let _ = tx.send(());
+                return;
+            }
+            let keep = tail.len().saturating_sub(16);
+            tail.drain(..keep);
+        }
+    });
+    // A keystroke from alice makes sure there is output after the watcher drained its queue.
+    alice.send("\r");
+    assert!(rx.recv_timeout(Duration::from_secs(90)).is_ok());
+    let _ = stalled.kill();
+    let _ = stalled.wait();
+}
+
+#[test]
+fn the_operator_watches_a_session_from_the_console_read_only_and_the_owner_is_told() {
+    let session = "[session]\ncommand = [\"/bin/sh\", \"-c\", \"echo READY; exec sh\"]\ndetach_timeout = \"5m\"\n[audit]\npath = \"audit.log\"\n";
+    let tmp = tempfile::tempdir().unwrap();
+    let key = Keypair::new(tmp.path(), "alice_key");
+    let gw = Gateway::start(tmp.path(), &config("", session));
+    gw.set_keys("alice", &key.public_line);
+    assert!(gw.wait_log("users=1", T).is_some());
+    let mut alice = PtyClient::spawn(&gw.pty_args(&key), 80, 24);
+    assert!(alice.expect("READY", T));
+    alice.send("echo SECRET-$((7*6))\r");
+    assert!(alice.expect_screen("SECRET-42", T));
+    let socket = tmp.path().join("state/admin.sock").display().to_string();
+    let mut console = PtyClient::spawn_program(
+        BIN,
+        &["sessions".into(), "--socket".into(), socket],
+        140,
+        30,
+    );
+    assert!(console.expect_screen("alice", T), "{}", console.screen());
+    console.send("w");
+    // The screen as it stands, then live output; the owner is told who watches.
+    assert!(
+        console.expect_screen("SECRET-42", T),
+        "{}",
+        console.screen()
+    );
+    assert!(
+        alice.expect("the operator is watching too", T),
+        "{}",
+        alice.output()
+    );
+    console.send("echo OPERATOR-$((1+1))\r");
+    alice.send("echo AFTER-$((5+5))\r");
+    assert!(console.expect_screen("AFTER-10", T), "{}", console.screen());
+    assert!(alice.expect_screen("AFTER-10", T));
+    assert!(!alice.output().contains("OPERATOR"), "{}", alice.output());
+    // q stops watching and brings the table back; the owner is told.
+    console.send("q");
+    assert!(
+        console.expect_screen("stopped watching", T),
+        "{}",
+        console.screen()
+    );
+    assert!(alice.expect("the operator left", T), "{}", alice.output());
+    console.send("q");
+    assert!(console.wait(T).is_some());
+    let audit = std::fs::read_to_string(tmp.path().join("audit.log")).unwrap();
+    for what in ["watch_start", "watch_end"] {
+        assert!(
+            audit
+                .lines()
+                .any(|l| l.contains(&format!("\"event\":\"{what}\""))
+                    && l.contains("\"user_id\":\"operator\"")
+                    && l.contains("\"owner\":\"alice\"")),
+            "{audit}"
+        );
+    }
+}
+
 #[test]
 fn a_shared_session_is_watched_read_only_once() {
     let (tmp, gw, key) = gateway("5m", "echo READY-$HERMES_DASHBOARD_USER_ID; exec sh");
@@ -392,15 +517,7 @@ fn a_shared_session_is_watched_read_only_once() {
     let mut ssh = gw.ssh(&bob);
     ssh.args(["127.0.0.1", "share", &id]);
     assert_eq!(run(ssh, T).status.code(), Some(1));
-    let mut ssh = gw.ssh(&key);
-    ssh.args(["127.0.0.1", "share", &id]);
-    let shared = text(&run(ssh, T).stdout);
-    let token = shared
-        .rsplit(" watch ")
-        .next()
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("{shared}"))
-        .to_owned();
+    let token = share_token(&gw, &key, &id);
     let watch_args = |k: &Keypair| {
         let mut args = gw.pty_args(k);
         args.insert(args.len() - 1, "-t".into());

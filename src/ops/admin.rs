@@ -1,6 +1,8 @@
 //! The admin socket: a Unix socket (mode 0600, owner only) on which `hermes-ssh-gateway
 //! sessions` lists and ends sessions. One request line, one JSON answer line:
-//! `list` → `[{"id":…,"user":…,…}]`; `end <id>` → `{"ended":true|false}`.
+//! `list` → `[{"id":…,"user":…,…}]`; `end <id>` → `{"ended":true|false}`. `watch <id>` answers
+//! one JSON line (`{"watching":…}` or `{"error":…}`) and then streams the session's terminal,
+//! read-only, until the session ends or the operator closes the socket.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -38,6 +40,8 @@ pub struct AdminState {
     pub enrollments: Arc<dyn crate::identity::store::EnrollmentStore>,
     /// For the audit record of a revocation.
     pub ops: Arc<super::Ops>,
+    /// The sessions that can be attached (and so watched).
+    pub hub: Arc<crate::sessions::Hub>,
 }
 
 /// Serves until `shutdown`. Peers that are neither this account nor root are refused (the file
@@ -115,6 +119,9 @@ async fn handle(stream: UnixStream, state: AdminState) {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
     while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(id) = line.strip_prefix("watch ") {
+            return watch(&state, id.trim(), lines, w).await;
+        }
         let answer = answer(&state, &line).await;
         if w.write_all(format!("{answer}\n").as_bytes()).await.is_err() {
             return;
@@ -174,9 +181,53 @@ async fn answer(state: &AdminState, line: &str) -> String {
             Ok(None) => json!({"revoked": false}).to_string(),
             Err(e) => json!({"error": e.to_string()}).to_string(),
         },
-        _ => json!({"error": "unknown command; use: list | end <id> | enrollments [user] | revoke <fingerprint>"})
+        _ => json!({"error": "unknown command; use: list | end <id> | watch <id> | enrollments [user] | revoke <fingerprint>"})
             .to_string(),
     }
+}
+
+/// `watch <id>`: the operator watches a session read-only, as a watcher the owner is told
+/// about; audited like any watcher, with `operator` as the actor.
+async fn watch(
+    state: &AdminState,
+    id: &str,
+    mut lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    mut w: tokio::net::unix::OwnedWriteHalf,
+) {
+    use serde_json::json;
+    let found = id.parse::<u64>().ok().and_then(|n| state.hub.by_record(n));
+    let Some(session) = found else {
+        let why = json!({"error": format!("no session {id} that can be watched (sessions are watchable while [session] detach_timeout is on)")});
+        let _ = w.write_all(format!("{why}\n").as_bytes()).await;
+        return;
+    };
+    let head = json!({"watching": session.live.id, "session": session.id, "user": session.user});
+    if w.write_all(format!("{head}\n").as_bytes()).await.is_err() {
+        return;
+    }
+    let joining = crate::sessions::Joining {
+        who: "the operator".into(),
+        size: None,
+        watcher: true,
+        restore: true,
+    };
+    let attachment = session.attach(Box::new(w), joining).await;
+    let audit = |what| super::Event::Attachment {
+        owner: session.user.to_string(),
+        actor: "operator".into(),
+        session: session.id.clone(),
+        remote: "admin socket".into(),
+        what,
+    };
+    state.ops.emit(audit("watch_start"));
+    tracing::info!(owner = %session.user, session = session.id, "the operator is watching");
+    // Whatever the operator types is read and dropped; closing the socket ends the watch.
+    let operator_left = async { while let Ok(Some(_)) = lines.next_line().await {} };
+    tokio::select! {
+        _ = operator_left => session.detach(&attachment).await,
+        _ = attachment.gone.cancelled() => attachment.flushed().await,
+    }
+    state.ops.emit(audit("watch_end"));
 }
 
 /// [`request`] for a program without a runtime (the CLI).

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +21,7 @@ use crate::launcher::process::Resizer;
 use crate::launcher::TermSize;
 use crate::ops::LiveSession;
 
+mod client;
 pub mod supervise;
 
 /// Where a client's output goes.
@@ -38,7 +39,7 @@ pub struct Outcome {
 }
 
 struct Client {
-    sink: Sink,
+    out: client::Outbox,
     /// Cancelled when this client is dropped or the session ends.
     gone: CancellationToken,
     /// "alice from 192.0.2.7", for the other clients' notices.
@@ -98,12 +99,25 @@ pub struct Attachment {
     pub gone: CancellationToken,
     size: ClientSize,
     watcher: bool,
+    flush: client::Flush,
 }
+
+/// How long a front waits for a client's queued output to be written before it ends the
+/// client's connection anyway (a stalled client must not hold its connection task forever).
+pub const FLUSH_GRACE: Duration = Duration::from_secs(5);
 
 impl Attachment {
     /// Whether this client only watches.
     pub fn is_watcher(&self) -> bool {
         self.watcher
+    }
+
+    /// After the session let this client go: waits (up to [`FLUSH_GRACE`]) until the output
+    /// queued for it is written, so the program's last words arrive before the exit status;
+    /// then stops its writer either way.
+    pub async fn flushed(&self) {
+        let _ = tokio::time::timeout(FLUSH_GRACE, self.flush.done.cancelled()).await;
+        self.flush.stop.cancel();
     }
 }
 
@@ -153,25 +167,33 @@ impl Running {
 
     /// Attaches a client beside any others. With `restore` it first receives the screen as it
     /// stands; then live output. A client that is not a watcher gives the PTY its size.
-    pub async fn attach(&self, mut sink: Sink, joining: Joining) -> Attachment {
+    pub async fn attach(self: &Arc<Self>, sink: Sink, joining: Joining) -> Attachment {
         let mut clients = self.clients.lock().await;
         let gone = CancellationToken::new();
         let size: ClientSize = Arc::new(Mutex::new(joining.size));
+        // Taken under the clients lock: no output falls between the screen and the live stream.
+        let first = joining
+            .restore
+            .then(|| {
+                self.screen
+                    .as_ref()
+                    .map(|m| restore_bytes(lock(m).screen()))
+            })
+            .flatten();
+        let (out, flush) = client::Outbox::start(
+            sink,
+            first,
+            Arc::downgrade(self),
+            gone.clone(),
+            self.screen.is_some(),
+            joining.watcher,
+        );
         let attachment = Attachment {
             gone: gone.clone(),
             size: size.clone(),
             watcher: joining.watcher,
+            flush,
         };
-        if joining.restore {
-            let snapshot = match &self.screen {
-                Some(m) => restore_bytes(lock(m).screen()),
-                None => Vec::new(),
-            };
-            if sink.write_all(&snapshot).await.is_err() {
-                gone.cancel();
-                return attachment;
-            }
-        }
         if let (Some(s), false) = (joining.size, joining.watcher) {
             self.set_size(s);
         }
@@ -186,19 +208,37 @@ impl Running {
             clients.len() + 1
         ));
         for c in clients.iter_mut() {
-            let _ = c.sink.write_all(&line).await;
+            c.out.notice(&line).await;
         }
         if joining.restore {
             self.mark(&format!("{} {role}", joining.who));
         }
         clients.push(Client {
-            sink,
+            out,
             gone,
             who: joining.who,
             watcher: joining.watcher,
         });
         self.recount(&clients);
         attachment
+    }
+
+    /// Drops clients that could not be written to (their fronts were told through `gone`).
+    async fn drop_failed(&self) {
+        let mut clients = self.clients.lock().await;
+        clients.retain(|c| !c.gone.is_cancelled());
+        self.recount(&clients);
+    }
+
+    /// The screen as it stands, for a client that missed output; from now on it gets output
+    /// again (`lagging` is cleared under the clients lock, so nothing falls in between).
+    async fn resync(&self, lagging: &std::sync::atomic::AtomicBool) -> Vec<u8> {
+        let _clients = self.clients.lock().await;
+        lagging.store(false, std::sync::atomic::Ordering::Release);
+        match &self.screen {
+            Some(m) => restore_bytes(lock(m).screen()),
+            None => Vec::new(),
+        }
     }
 
     /// Marks attach/detach in `recorder`, the session's recording.
@@ -220,10 +260,12 @@ impl Running {
             return;
         };
         let left = clients.remove(i);
+        // Its connection is gone: nothing queued for it is worth writing.
+        attachment.flush.stop.cancel();
         self.mark(&format!("{} left", left.who));
         let line = notice_line(&format!("{} left ({} clients)", left.who, clients.len()));
         for c in clients.iter_mut() {
-            let _ = c.sink.write_all(&line).await;
+            c.out.notice(&line).await;
         }
         self.recount(&clients);
     }
@@ -283,8 +325,9 @@ impl Running {
         }
     }
 
-    /// Program output: into the terminal model, then to every client. Waiting for the clients
-    /// is the backpressure; a client that fails is dropped, never waited for again.
+    /// Program output: into the terminal model, then into every client's queue (see
+    /// `client`: a client that keeps up paces the program, one that stalls is cut loose and
+    /// later given the screen). A client that failed is dropped.
     pub async fn output(&self, chunk: &[u8]) {
         let mut clients = self.clients.lock().await;
         if let Some(m) = &self.screen {
@@ -292,11 +335,7 @@ impl Running {
         }
         let mut failed = false;
         for c in clients.iter_mut() {
-            // Whoever would drop a client waits for the lock this write holds.
-            if c.sink.write_all(chunk).await.is_err() {
-                c.gone.cancel();
-                failed = true;
-            }
+            failed |= !c.out.output(chunk).await;
         }
         if failed {
             clients.retain(|c| !c.gone.is_cancelled());
@@ -304,11 +343,11 @@ impl Running {
         }
     }
 
-    /// A line from the gateway for the attached client (lost when nobody is attached).
+    /// A line from the gateway for the attached clients (lost when nobody is attached).
     pub async fn notice(&self, text: &str) {
         let line = notice_line(text);
         for c in self.clients.lock().await.iter_mut() {
-            let _ = c.sink.write_all(&line).await;
+            c.out.notice(&line).await;
         }
     }
 
@@ -413,10 +452,13 @@ impl AsyncWrite for ClientInput {
     }
 }
 
-/// Bytes read from the program per chunk. Each session holds one such buffer for its whole
-/// life, detached or not, so it is sized for memory as much as for speed: a PTY rarely hands
-/// over more than a few KB per read.
+/// Bytes read from the program per chunk while it writes a lot.
 const OUTPUT_CHUNK: usize = 16 * 1024;
+
+/// Bytes read per chunk while it writes little. A session waits for output most of its life,
+/// detached or not, with its read buffer held all that time: a small one while the program is
+/// quiet, a big one only during a burst, keeps thousands of idle sessions small.
+const QUIET_CHUNK: usize = 1024;
 
 /// Program output → `session` (its terminal model, its client if one is attached) and the
 /// recording, until the program closes its side of the PTY.
@@ -426,15 +468,31 @@ pub async fn pump(
     mut recorder: Option<crate::ops::recording::Recorder>,
 ) {
     use tokio::io::AsyncReadExt as _;
-    let mut buf = vec![0u8; OUTPUT_CHUNK];
-    while let Ok(n @ 1..) = from.read(&mut buf).await {
+    let mut quiet = [0u8; QUIET_CHUNK];
+    let mut burst: Option<Vec<u8>> = None;
+    loop {
+        let buf: &mut [u8] = match burst.as_mut() {
+            Some(b) => b,
+            None => &mut quiet,
+        };
+        let n = match from.read(buf).await {
+            Ok(n @ 1..) => n,
+            _ => break,
+        };
+        let chunk = &buf[..n];
         if let Some(r) = &recorder {
-            if !r.output(&buf[..n]).await {
+            if !r.output(chunk).await {
                 recorder = None;
             }
         }
-        session.output(&buf[..n]).await;
+        session.output(chunk).await;
         session.live.output(n);
+        // A full read means more is waiting; a short one that the burst is over.
+        if n == QUIET_CHUNK && burst.is_none() {
+            burst = Some(vec![0u8; OUTPUT_CHUNK]);
+        } else if n < QUIET_CHUNK {
+            burst = None;
+        }
     }
 }
 
@@ -539,6 +597,14 @@ impl Hub {
         self.by_id
             .get(id)
             .filter(|r| &r.user == user)
+            .map(|r| r.value().clone())
+    }
+
+    /// The session whose admin record (`hermes-ssh-gateway sessions`) has id `record`.
+    pub fn by_record(&self, record: u64) -> Option<Arc<Running>> {
+        self.by_id
+            .iter()
+            .find(|r| r.live.id == record)
             .map(|r| r.value().clone())
     }
 

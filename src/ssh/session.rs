@@ -1078,6 +1078,8 @@ impl Job {
                 }
             }
             _ = attachment.gone.cancelled() => {
+                // The program's last output before its exit status.
+                attachment.flushed().await;
                 let ended = outcome.borrow_and_update().clone();
                 match ended {
                     Some(o) => {

@@ -1,5 +1,6 @@
 //! `hermes-ssh-gateway sessions`: the live sessions of a running gateway, like `top`; select one
-//! and end it. `--json` prints the list once for scripts. Talks to the admin socket.
+//! to watch it read-only (`w`) or end it (`e`). `--json` prints the list once for scripts,
+//! `--watch ID` watches one directly. Talks to the admin socket.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -124,6 +125,73 @@ pub fn end(socket: &Path, id: u64) -> std::io::Result<bool> {
     Ok(v["ended"].as_bool().unwrap_or(false))
 }
 
+/// What to write after watching, so the operator's terminal is left as it was whatever modes the
+/// watched program had set: main screen, no mouse reporting, no bracketed paste, normal keypad,
+/// visible cursor, plain attributes.
+const RESET_MODES: &[u8] =
+    b"\x1b[?1049l\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?2004l\x1b[?1l\x1b>\x1b[?25h\x1b[0m\r\n";
+
+/// Watches session `id` read-only in this terminal (it must be in raw mode) until `q` or
+/// Ctrl-] is pressed or the session ends; returns the line to show afterwards.
+pub fn watch(socket: &Path, id: u64) -> std::io::Result<String> {
+    use std::io::{BufRead, Read, Write};
+    let stream = std::os::unix::net::UnixStream::connect(socket)?;
+    (&stream).write_all(format!("watch {id}\n").as_bytes())?;
+    let mut reader = std::io::BufReader::new(stream.try_clone()?);
+    let mut head = String::new();
+    reader.read_line(&mut head)?;
+    let head: serde_json::Value = serde_json::from_str(&head).map_err(std::io::Error::other)?;
+    if let Some(e) = head["error"].as_str() {
+        return Ok(format!("error: {e}"));
+    }
+    let what = format!(
+        "session {} of {} ({})",
+        head["watching"],
+        head["user"].as_str().unwrap_or("?"),
+        head["session"].as_str().unwrap_or("?")
+    );
+    let copier = std::thread::spawn(move || {
+        let mut out = std::io::stdout();
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            if out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+                break;
+            }
+        }
+    });
+    let line = loop {
+        if copier.is_finished() {
+            break format!("{what} ended");
+        }
+        if !event::poll(Duration::from_millis(100))? {
+            continue;
+        }
+        if let Event::Key(k) = event::read()? {
+            let ctrl_bracket = k.code == KeyCode::Char(']')
+                && k.modifiers
+                    .contains(ratatui::crossterm::event::KeyModifiers::CONTROL);
+            if k.kind == KeyEventKind::Press && (k.code == KeyCode::Char('q') || ctrl_bracket) {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                break format!("stopped watching {what}");
+            }
+        }
+    };
+    let _ = copier.join();
+    let mut out = std::io::stdout();
+    out.write_all(RESET_MODES)?;
+    out.flush()?;
+    Ok(line)
+}
+
+/// [`watch`] from a plain shell: raw mode for the keys, and the closing line printed after.
+pub fn watch_in_raw_mode(socket: &Path, id: u64) -> std::io::Result<()> {
+    ratatui::crossterm::terminal::enable_raw_mode()?;
+    let line = watch(socket, id);
+    ratatui::crossterm::terminal::disable_raw_mode()?;
+    println!("{}", line?);
+    Ok(())
+}
+
 fn ago(ms: u64) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -151,7 +219,8 @@ pub fn run(socket: &Path) -> std::io::Result<()> {
     let mut rows = fetch(socket)?;
     let mut terminal = ratatui::try_init()?;
     let mut state = TableState::default().with_selected(Some(0));
-    let mut status = String::from("↑/↓ select · e end the selected session · q quit");
+    let mut status =
+        String::from("↑/↓ select · w watch (q stops) · e end the selected session · q quit");
     let result = (|| -> std::io::Result<()> {
         loop {
             terminal.draw(|f| {
@@ -180,6 +249,17 @@ pub fn run(socket: &Path) -> std::io::Result<()> {
                         KeyCode::Char('q') | KeyCode::Esc => return Ok(()),
                         KeyCode::Down | KeyCode::Char('j') => state.select_next(),
                         KeyCode::Up | KeyCode::Char('k') => state.select_previous(),
+                        KeyCode::Char('w') | KeyCode::Enter => {
+                            if let Some(id) =
+                                state.selected().and_then(|i| rows.get(i)).map(|r| r.id)
+                            {
+                                // The watched screen replaces the table until the operator is done.
+                                terminal.clear()?;
+                                status =
+                                    watch(socket, id).unwrap_or_else(|e| format!("error: {e}"));
+                                terminal.clear()?;
+                            }
+                        }
                         KeyCode::Char('e') | KeyCode::Delete => {
                             if let Some(r) = state.selected().and_then(|i| rows.get(i)) {
                                 status = match end(socket, r.id) {

@@ -318,8 +318,11 @@ async fn serve_browser(
         }
         _ = attachment.gone.cancelled() => {
             let outcome = session.outcome().borrow().clone();
-            // The session dropped this client's writer: the socket comes back for the end.
-            if let Ok(mut sink) = forward.await {
+            // The session dropped this client's writer: the socket comes back for the end, once
+            // the output queued for it is written (or the browser stalled past the grace).
+            attachment.flushed().await;
+            let forward = tokio::time::timeout(crate::sessions::FLUSH_GRACE, forward);
+            if let Ok(Ok(mut sink)) = forward.await {
                 let (notice, reason) = match &outcome {
                     Some(o) => (o.notice.clone(), o.code.map(|c| format!("exit {c}")).unwrap_or_default()),
                     None => (None, String::new()),

@@ -392,7 +392,7 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
 /// The ssh client running inside a PTY, as a person would use it.
 pub struct PtyClient {
     master: Box<dyn portable_pty::MasterPty + Send>,
-    writer: Box<dyn Write + Send>,
+    writer: Arc<Mutex<Box<dyn Write + Send>>>,
     child: Box<dyn portable_pty::Child + Send + Sync>,
     screen: Arc<Mutex<Vec<u8>>>,
 }
@@ -400,6 +400,11 @@ pub struct PtyClient {
 impl PtyClient {
     /// Starts `ssh` with `args` in a PTY of `cols`×`rows`.
     pub fn spawn(args: &[String], cols: u16, rows: u16) -> PtyClient {
+        PtyClient::spawn_program("ssh", args, cols, rows)
+    }
+
+    /// Starts `program` with `args` in a PTY of `cols`×`rows`.
+    pub fn spawn_program(program: &str, args: &[String], cols: u16, rows: u16) -> PtyClient {
         use portable_pty::{CommandBuilder, PtySize};
         let pair = portable_pty::native_pty_system()
             .openpty(PtySize {
@@ -409,20 +414,24 @@ impl PtyClient {
                 pixel_height: 0,
             })
             .unwrap();
-        let mut cmd = CommandBuilder::new("ssh");
+        let mut cmd = CommandBuilder::new(program);
         cmd.args(args);
         cmd.env_remove("SSH_AUTH_SOCK");
         let child = pair.slave.spawn_command(cmd).unwrap();
         drop(pair.slave);
         let mut reader = pair.master.try_clone_reader().unwrap();
-        let writer = pair.master.take_writer().unwrap();
+        let writer = Arc::new(Mutex::new(pair.master.take_writer().unwrap()));
         let screen = Arc::new(Mutex::new(Vec::new()));
-        let s2 = screen.clone();
+        let (s2, answer) = (screen.clone(), writer.clone());
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = reader.read(&mut buf) {
                 if n == 0 {
                     break;
+                }
+                // A terminal answers "where is the cursor?" (crossterm asks it at start-up).
+                if buf[..n].windows(4).any(|w| w == b"\x1b[6n") {
+                    let _ = answer.lock().unwrap().write_all(b"\x1b[1;1R");
                 }
                 s2.lock().unwrap().extend_from_slice(&buf[..n]);
             }
@@ -531,8 +540,9 @@ impl PtyClient {
     }
 
     pub fn send(&mut self, s: &str) {
-        self.writer.write_all(s.as_bytes()).unwrap();
-        self.writer.flush().unwrap();
+        let mut w = self.writer.lock().unwrap();
+        w.write_all(s.as_bytes()).unwrap();
+        w.flush().unwrap();
     }
 
     pub fn resize(&self, cols: u16, rows: u16) {
