@@ -565,19 +565,19 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         signals(&config_path, &registry, &reload_launch).await;
         tracing::info!(sessions = sessions.len(), drain = ?drain_timeout, "shutting down: no new connections; telling sessions");
         stages.draining.cancel();
-        let deadline = tokio::time::Instant::now() + drain_timeout;
-        while !sessions.is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        sessions
+            .wait_empty(tokio::time::Instant::now() + drain_timeout)
+            .await;
         tracing::info!(sessions = sessions.len(), "ending remaining sessions");
         stages.terminate.cancel();
     });
     server.serve(listener, conn_limits, shutdown.clone()).await;
-    // Connections are gone; wait for their programs to be ended (SIGHUP, then SIGKILL).
-    let deadline = tokio::time::Instant::now() + kill_grace + Duration::from_secs(3);
-    while !ops.sessions.is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Connections are gone; wait for their programs to be ended: SIGHUP, then SIGKILL after
+    // the grace, then a little for the kernel to reap the group and the cgroup to empty (a
+    // bound, not a pause: the wait ends as soon as the last session is gone).
+    ops.sessions
+        .wait_empty(tokio::time::Instant::now() + kill_grace + Duration::from_secs(3))
+        .await;
     shutdown.terminate.cancel();
     for t in tasks {
         t.await??;

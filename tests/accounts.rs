@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 use common::accounts::{require_root, Accounts};
 use common::*;
 
-const T: Duration = Duration::from_secs(30);
-
 /// A temp dir others may pass through (homes live inside it).
 fn shared_tmp() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();

@@ -3,11 +3,8 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
 
 use common::*;
-
-const T: Duration = Duration::from_secs(20);
 
 #[test]
 fn help_documents_every_flag_and_command() {

@@ -8,8 +8,6 @@ use common::idp::{find_complete_uri, free_port, oidc_section, Idp};
 use common::redis::RedisServer;
 use common::*;
 
-const T: Duration = Duration::from_secs(30);
-
 struct Node {
     gw: Gateway,
     url: String,

@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use common::idp::{find_complete_uri, free_port, oidc_section, Idp};
 use common::*;
 
-const T: Duration = Duration::from_secs(30);
-
 /// The program prints who it is told it is, then waits a little (so the session is visible).
 const PROGRAM: &str = "[session]\ncommand = [\"/bin/sh\", \"-c\", \"echo PROGRAM-STARTED ID=$HERMES_DASHBOARD_USER_ID; sleep 1\"]\n";
 
@@ -192,8 +190,8 @@ fn quiet_clients_still_see_the_code_and_batch_mode_fails_fast() {
         .stderr(Stdio::piped())
         .stdout(Stdio::null());
     let mut child = ssh.spawn().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let found = read_until(&mut err, "user_code=", T);
+    let err = child.stderr.take().unwrap();
+    let found = read_until(err, "user_code=", T);
     let _ = child.kill();
     let _ = child.wait();
     assert!(found.contains("enter"), "{found}");
@@ -216,17 +214,29 @@ fn gw_ssh_interactive(gw: &Gateway, key: &Keypair) -> Command {
     ssh
 }
 
-fn read_until(r: &mut impl std::io::Read, needle: &str, timeout: Duration) -> String {
+/// Reads `r` until `needle` appears or `timeout` passes, whichever is first. The reading
+/// happens on a thread of its own, so a pipe that stalls fails the test instead of hanging it.
+fn read_until(
+    mut r: impl std::io::Read + Send + 'static,
+    needle: &str,
+    timeout: Duration,
+) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = r.read(&mut chunk) {
+            if tx.send(chunk[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
     let deadline = Instant::now() + timeout;
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while Instant::now() < deadline {
-        match r.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-        if String::from_utf8_lossy(&buf).contains(needle) {
-            break;
+    while !String::from_utf8_lossy(&buf).contains(needle) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(c) => buf.extend_from_slice(&c),
+            Err(_) => break,
         }
     }
     text(&buf)
@@ -419,7 +429,7 @@ fn forged_and_foreign_id_tokens_are_refused() {
     }
     // The client can read the refusal before the gateway's log line reaches this test's log
     // reader: wait for the lines, then check there is exactly one per attempt.
-    eventually(T, || s.gw.log().matches("ID token refused").count() >= 5);
+    s.gw.wait_log_count("ID token refused", 5);
     assert_eq!(
         s.gw.log().matches("ID token refused").count(),
         5,

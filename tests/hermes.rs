@@ -16,7 +16,7 @@ use common::webclient::{open_ws, read_until, ws_ticket, Web};
 use common::*;
 
 /// Hermes' first paint takes 1.3–1.8 s; a loaded 2-core machine needs more.
-const T: Duration = Duration::from_secs(60);
+const T: Duration = T_SLOW;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 

@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 use common::idp::{free_port, oidc_section, Idp};
 use common::*;
 
-const T: Duration = Duration::from_secs(30);
-
 /// The gateway's resident memory, in KB.
 fn rss_kb(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -266,6 +264,7 @@ async fn a_pending_connection_holds_one_channel_and_a_signed_in_one_at_most_the_
     // Closing one frees its place.
     let c = open.pop().unwrap();
     c.close().await.unwrap();
+    // Retried: the server frees the place when it has processed the close.
     let deadline = Instant::now() + T;
     loop {
         if let Ok(c) = user.channel_open_session().await {

@@ -3,11 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
-
-const T: Duration = Duration::from_secs(30);
 
 fn gateway(session: &str) -> (tempfile::TempDir, Gateway, Keypair) {
     let tmp = tempfile::tempdir().unwrap();

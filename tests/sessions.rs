@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use common::*;
 
-const T: Duration = Duration::from_secs(30);
-
 /// Colours, the alternate screen and bracketed paste, then a counter that runs to 40 (4 s) and
 /// stops, so that the screen it leaves is known exactly.
 const COUNTER: &str = r#"printf '\033[?1049h\033[?2004h\033[1;31mRED\033[0m \033[44mBLUE\033[0m ready\r\n'; i=0; while [ $i -lt 40 ]; do i=$((i+1)); printf '\rCOUNT %d ' $i; sleep 0.1; done; printf '\r\nDONE\r\n'; exec sleep 600"#;
@@ -44,7 +42,7 @@ fn only_session(gw: &Gateway, key: &Keypair) -> String {
 
 /// Waits until the gateway has logged `n` detaches.
 fn detaches(gw: &Gateway, n: usize) -> bool {
-    eventually(T, || gw.log().matches("session detached").count() == n)
+    gw.wait_log_count("session detached", n)
 }
 
 /// What a terminal shows after the counter program's whole output.
@@ -758,12 +756,7 @@ fn headless_chromium_opens_an_ssh_session_from_ssh_link_and_types_into_it() {
         "echo AGAIN-$((40+5))\n",
         "AGAIN-45",
     );
-    assert!(eventually(T, || w
-        .gw
-        .log()
-        .matches("browser left; session detached")
-        .count()
-        == 2));
+    assert!(w.gw.wait_log_count("browser left; session detached", 2));
     // Back over SSH: what was typed in Chromium ran in the same program.
     let back = PtyClient::spawn(&w.gw.pty_args(&key), 80, 24);
     assert!(back.expect_screen("AGAIN-45", T), "{}", back.screen());

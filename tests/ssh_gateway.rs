@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use common::*;
 
-const T: Duration = Duration::from_secs(20);
-
 /// A gateway whose program prints its identity variables and environment, then exits 3.
 const ENV_PROGRAM: &str = r#"[session]
 command = ["/bin/sh", "-c", "echo ID=$HERMES_DASHBOARD_USER_ID S=$HERMES_SESSION_USER_ID; env; exit 3"]

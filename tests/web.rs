@@ -11,8 +11,6 @@ use common::*;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::Message;
 
-const T: Duration = Duration::from_secs(30);
-
 fn setup(extra_web: &str) -> Web {
     setup_with("", extra_web)
 }
@@ -74,7 +72,7 @@ fn browser_login_ticket_and_websocket_terminal_know_the_user() {
         r#"{"type":"resize","cols":120,"rows":40}"#.into(),
     ))
     .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Frames are handled in order: the resize is applied before the next keystroke arrives.
     type_line(&mut ws, "stty size");
     assert!(read_until(&mut ws, "40 120").contains("40 120"));
 

@@ -33,7 +33,8 @@ pub struct Cgroups {
 }
 
 /// The cap a session's program ran into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LimitHit {
     /// The kernel's OOM killer ended a process of the session at the memory cap.
     Memory,

@@ -1,7 +1,8 @@
 //! The PTY launcher: runs the configured program for an [`Identity`], in a PTY or with pipes.
 //!
 //! It knows neither SSH nor HTTP: a front hands it an identity, a terminal size and the client's
-//! accepted variables, and gets back a [`Process`] with async input/output, resize and exit.
+//! accepted variables, and gets back a [`Spawned`]: the [`Process`] (exit, limits, process
+//! group) together with its async input/output and, for a PTY, its resize handle.
 //! Every program is its own session and process-group leader; ending a session signals the whole
 //! group (SIGHUP, then SIGKILL after a grace period), so grandchildren do not outlive it.
 
@@ -23,7 +24,7 @@ pub use account::{Account, AccountError, AccountPolicy};
 pub use cgroup::LimitHit;
 pub use confine::Confinement;
 pub use env::{build_env, SessionEnv};
-pub use process::{ExitStatus, Process, ProcessGroup};
+pub use process::{ExitStatus, Process, ProcessGroup, ProcessIo, Resizer, Spawned};
 pub use termios::{ControlChar, ModeFlag, TerminalModes};
 
 use crate::config::{ResourceLimits, SessionConfig, Template};
@@ -404,12 +405,12 @@ pub async fn spawn_pty(
     prepared: Prepared,
     size: TermSize,
     modes: TerminalModes,
-) -> Result<Process, LaunchError> {
+) -> Result<(Spawned, Resizer), LaunchError> {
     process::spawn_pty(prepared, size, modes).await
 }
 
 /// Starts `prepared` with pipes for stdin, stdout and stderr (no PTY).
-pub fn spawn_pipes(prepared: Prepared) -> Result<Process, LaunchError> {
+pub fn spawn_pipes(prepared: Prepared) -> Result<Spawned, LaunchError> {
     process::spawn_pipes(prepared)
 }
 

@@ -135,10 +135,19 @@ impl Resizer {
     }
 }
 
+/// What starting a program gives the front, all at once: the process and its byte streams (and,
+/// from `spawn_pty`, the terminal's resize handle beside them). Nothing is started without its
+/// streams being handed over, so there is no "started but no I/O" path that skips the session's
+/// end.
+pub struct Spawned {
+    /// The running program.
+    pub process: Process,
+    /// Its byte streams.
+    pub io: ProcessIo,
+}
+
 /// A started program. Dropping it ends the program's whole process group (in the background).
 pub struct Process {
-    io: Option<ProcessIo>,
-    resizer: Option<Resizer>,
     exit: watch::Receiver<Option<ExitStatus>>,
     group: ProcessGroup,
     confinement: Confinement,
@@ -149,16 +158,6 @@ impl Process {
     /// The program's pid (also its process-group id).
     pub fn pid(&self) -> i32 {
         self.group.id()
-    }
-
-    /// The byte streams; `None` after the first call.
-    pub fn take_io(&mut self) -> Option<ProcessIo> {
-        self.io.take()
-    }
-
-    /// A resize handle, for a PTY.
-    pub fn resizer(&self) -> Option<Resizer> {
-        self.resizer.clone()
     }
 
     /// The process group.
@@ -405,7 +404,7 @@ pub(super) async fn spawn_pty(
     prepared: Prepared,
     size: TermSize,
     modes: TerminalModes,
-) -> Result<Process, LaunchError> {
+) -> Result<(Spawned, Resizer), LaunchError> {
     let grace = prepared.kill_grace;
     // openpty, fork and exec are blocking system calls: keep them off the async workers.
     let (fd, pid, prepared) =
@@ -474,18 +473,20 @@ pub(super) async fn spawn_pty(
         )
         .map_err(other("registering the PTY"))?,
     );
-    Ok(Process {
-        io: Some(ProcessIo {
+    let spawned = Spawned {
+        process: Process {
+            exit,
+            group,
+            confinement: prepared.confinement,
+            account: prepared.account,
+        },
+        io: ProcessIo {
             input: Box::new(PtyIo(fd.clone())),
             output: Box::new(PtyIo(fd.clone())),
             stderr: None,
-        }),
-        resizer: Some(Resizer(fd)),
-        exit,
-        group,
-        confinement: prepared.confinement,
-        account: prepared.account,
-    })
+        },
+    };
+    Ok((spawned, Resizer(fd)))
 }
 
 fn classify_spawn_error(prepared: &Prepared, msg: &str) -> LaunchError {
@@ -505,7 +506,7 @@ fn classify_spawn_error(prepared: &Prepared, msg: &str) -> LaunchError {
     }
 }
 
-pub(super) fn spawn_pipes(mut prepared: Prepared) -> Result<Process, LaunchError> {
+pub(super) fn spawn_pipes(mut prepared: Prepared) -> Result<Spawned, LaunchError> {
     use std::process::Stdio;
     prepared
         .confinement
@@ -543,20 +544,21 @@ pub(super) fn spawn_pipes(mut prepared: Prepared) -> Result<Process, LaunchError
             }));
         }
     });
-    Ok(Process {
-        io: Some(ProcessIo {
+    Ok(Spawned {
+        process: Process {
+            exit: rx,
+            group: ProcessGroup {
+                pgid: pid,
+                grace: prepared.kill_grace,
+                cgroup: prepared.confinement.cgroup.clone(),
+            },
+            confinement: prepared.confinement,
+            account: prepared.account,
+        },
+        io: ProcessIo {
             input: Box::new(stdin),
             output: Box::new(stdout),
             stderr: Some(Box::new(stderr)),
-        }),
-        resizer: None,
-        exit: rx,
-        group: ProcessGroup {
-            pgid: pid,
-            grace: prepared.kill_grace,
-            cgroup: prepared.confinement.cgroup.clone(),
         },
-        confinement: prepared.confinement,
-        account: prepared.account,
     })
 }

@@ -170,9 +170,9 @@ async fn answer(state: &AdminState, line: &str) -> String {
                 Ok(revoked) => {
                     tracing::info!(user = %e.user_id, key = fp, "enrolled key revoked by the operator");
                     state.ops.emit(super::Event::Revoked {
-                        user: e.user_id.to_string(),
+                        user: e.user_id.clone(),
                         key: fp.to_owned(),
-                        by: "operator",
+                        by: super::RevokedBy::Operator,
                     });
                     json!({"revoked": revoked}).to_string()
                 }
@@ -213,13 +213,13 @@ async fn watch(
     };
     let attachment = session.attach(Box::new(w), joining).await;
     let audit = |what| super::Event::Attachment {
-        owner: session.user.to_string(),
-        actor: "operator".into(),
+        owner: session.user.clone(),
+        actor: super::Actor::Operator,
         session: session.id.clone(),
-        remote: "admin socket".into(),
+        remote: None,
         what,
     };
-    state.ops.emit(audit("watch_start"));
+    state.ops.emit(audit(super::AttachmentKind::WatchStart));
     tracing::info!(owner = %session.user, session = session.id, "the operator is watching");
     // Whatever the operator types is read and dropped; closing the socket ends the watch.
     let operator_left = async { while let Ok(Some(_)) = lines.next_line().await {} };
@@ -227,7 +227,7 @@ async fn watch(
         _ = operator_left => session.detach(&attachment).await,
         _ = attachment.gone.cancelled() => attachment.flushed().await,
     }
-    state.ops.emit(audit("watch_end"));
+    state.ops.emit(audit(super::AttachmentKind::WatchEnd));
 }
 
 /// [`request`] for a program without a runtime (the CLI).

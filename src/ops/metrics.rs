@@ -11,25 +11,25 @@ use super::Event;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuthLabels {
-    method: String,
-    result: String,
+    method: &'static str,
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirLabels {
-    direction: String,
+    direction: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TicketLabels {
-    op: String,
-    purpose: String,
-    result: String,
+    op: &'static str,
+    purpose: &'static str,
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
-    reason: String,
+    reason: &'static str,
 }
 
 /// The gateway's metrics.
@@ -160,15 +160,22 @@ impl Metrics {
                 self.connections_active.dec();
             }
             Event::ConnectionRefused { reason, .. } => {
-                let reason = reason.split(':').next().unwrap_or_default().to_owned();
                 self.connections_refused
-                    .get_or_create(&ReasonLabels { reason })
+                    .get_or_create(&ReasonLabels {
+                        reason: reason.as_str(),
+                    })
                     .inc();
             }
-            Event::Auth { method, ok, .. } => {
+            Event::Auth {
+                method, failure, ..
+            } => {
                 let labels = AuthLabels {
-                    method: method.clone(),
-                    result: if *ok { "success" } else { "failure" }.into(),
+                    method: method.as_str(),
+                    result: if failure.is_none() {
+                        "success"
+                    } else {
+                        "failure"
+                    },
                 };
                 self.auth.get_or_create(&labels).inc();
             }
@@ -186,21 +193,15 @@ impl Metrics {
                 self.sessions_active.dec();
                 if let Some(l) = limit {
                     self.limit_stops
-                        .get_or_create(&ReasonLabels {
-                            reason: (*l).into(),
-                        })
+                        .get_or_create(&ReasonLabels { reason: l.as_str() })
                         .inc();
                 }
                 self.session_seconds.observe(duration.as_secs_f64());
                 self.bytes
-                    .get_or_create(&DirLabels {
-                        direction: "in".into(),
-                    })
+                    .get_or_create(&DirLabels { direction: "in" })
                     .inc_by(*bytes_in);
                 self.bytes
-                    .get_or_create(&DirLabels {
-                        direction: "out".into(),
-                    })
+                    .get_or_create(&DirLabels { direction: "out" })
                     .inc_by(*bytes_out);
             }
             Event::Refused { .. } => {
@@ -208,9 +209,12 @@ impl Metrics {
             }
             Event::Ticket { op, purpose, ok } => {
                 let labels = TicketLabels {
-                    op: (*op).into(),
-                    purpose: (*purpose).into(),
-                    result: if *ok { "ok" } else { "refused" }.into(),
+                    op: match op {
+                        super::TicketOp::Mint => "mint",
+                        super::TicketOp::Consume => "consume",
+                    },
+                    purpose: purpose.as_str(),
+                    result: if *ok { "ok" } else { "refused" },
                 };
                 self.tickets.get_or_create(&labels).inc();
             }

@@ -7,7 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 
+use super::{Front, Method};
 use crate::identity::redis::SessionDirectory;
+use crate::identity::UserId;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +19,36 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Milliseconds on a monotonic clock (tokio's, so paused-clock tests drive it): idle and quiet
+/// times are measured with it, so a step of the wall clock can neither end nor extend a session.
+pub fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(tokio::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+/// The wall-clock time (Unix ms) of the monotonic instant `mono`, for display.
+pub fn wall_ms(mono: u64) -> u64 {
+    now_ms().saturating_sub(mono_ms().saturating_sub(mono))
+}
+
+fn mono_as_wall<S: serde::Serializer>(mono: &AtomicU64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(wall_ms(mono.load(Ordering::Relaxed)))
+}
+
+/// The admin console's rows have always carried a string: "" when the address is unknown.
+fn remote_or_empty<S: serde::Serializer>(
+    remote: &Option<std::net::IpAddr>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match remote {
+        Some(r) => s.collect_str(r),
+        None => s.serialize_str(""),
+    }
 }
 
 fn account_or_empty<S: serde::Serializer>(
@@ -32,13 +64,14 @@ pub struct LiveSession {
     /// Gateway-unique id.
     pub id: u64,
     /// User id.
-    pub user: String,
+    pub user: UserId,
     /// How they authenticated.
-    pub method: String,
-    /// `ssh` or `web`.
-    pub front: &'static str,
-    /// Source address.
-    pub remote: String,
+    pub method: Method,
+    /// The front it came through.
+    pub front: Front,
+    /// Source address, when known.
+    #[serde(serialize_with = "remote_or_empty")]
+    pub remote: Option<std::net::IpAddr>,
     /// Command line.
     pub command: String,
     /// The Unix account the program runs as, known once it has started ("" before).
@@ -46,14 +79,16 @@ pub struct LiveSession {
     pub account: std::sync::OnceLock<String>,
     /// Unix ms.
     pub started_ms: u64,
-    /// Unix ms of the last input from the client.
-    pub last_input_ms: AtomicU64,
+    /// The last input from a client ([`mono_ms`]; listed as Unix ms).
+    #[serde(rename = "last_input_ms", serialize_with = "mono_as_wall")]
+    last_input: AtomicU64,
     /// Client → program.
     pub bytes_in: AtomicU64,
     /// Program → client.
     pub bytes_out: AtomicU64,
-    /// Unix ms of the program's last output.
-    pub last_output_ms: AtomicU64,
+    /// The program's last output ([`mono_ms`]; listed as Unix ms).
+    #[serde(rename = "last_output_ms", serialize_with = "mono_as_wall")]
+    last_output: AtomicU64,
     /// Clients attached now (terminals and browsers; 0: detached).
     pub clients: std::sync::atomic::AtomicU32,
     /// Read-only watchers now.
@@ -72,7 +107,7 @@ impl LiveSession {
         &self,
         started: std::time::Instant,
         exit_status: Option<u32>,
-        limit: Option<&'static str>,
+        limit: Option<crate::launcher::LimitHit>,
     ) -> super::Event {
         super::Event::SessionEnd {
             id: self.id,
@@ -95,7 +130,7 @@ impl LiveSession {
             front: self.front,
             command: self.command.clone(),
             pty,
-            remote: self.remote.clone(),
+            remote: self.remote,
             account: account.to_owned(),
             uid,
         }
@@ -104,13 +139,13 @@ impl LiveSession {
     /// Notes input from the client.
     pub fn input(&self, n: usize) {
         self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-        self.last_input_ms.store(now_ms(), Ordering::Relaxed);
+        self.last_input.store(mono_ms(), Ordering::Relaxed);
     }
 
     /// Notes output to the client.
     pub fn output(&self, n: usize) {
         self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-        self.last_output_ms.store(now_ms(), Ordering::Relaxed);
+        self.last_output.store(mono_ms(), Ordering::Relaxed);
     }
 
     /// Ends the session, saying why.
@@ -122,15 +157,25 @@ impl LiveSession {
     /// Milliseconds with neither input nor output: an agent that is writing is not idle.
     pub fn quiet_ms(&self) -> u64 {
         let last = self
-            .last_input_ms
+            .last_input
             .load(Ordering::Relaxed)
-            .max(self.last_output_ms.load(Ordering::Relaxed));
-        now_ms().saturating_sub(last)
+            .max(self.last_output.load(Ordering::Relaxed));
+        mono_ms().saturating_sub(last)
     }
 
     /// Milliseconds since the last input.
     pub fn idle_ms(&self) -> u64 {
-        now_ms().saturating_sub(self.last_input_ms.load(Ordering::Relaxed))
+        mono_ms().saturating_sub(self.last_input.load(Ordering::Relaxed))
+    }
+
+    /// When the program last wrote (Unix ms, for display).
+    pub fn last_output_unix_ms(&self) -> u64 {
+        wall_ms(self.last_output.load(Ordering::Relaxed))
+    }
+
+    /// Milliseconds since the program's last output (since the start, before any).
+    pub fn since_output_ms(&self) -> u64 {
+        mono_ms().saturating_sub(self.last_output.load(Ordering::Relaxed))
     }
 }
 
@@ -138,8 +183,8 @@ impl LiveSession {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{user} already has {limit} sessions (the most allowed per user)")]
 pub struct TooManySessions {
-    /// User.
-    pub user: String,
+    /// Whose sessions.
+    pub user: UserId,
     /// The limit.
     pub limit: usize,
 }
@@ -151,6 +196,8 @@ pub struct SessionRegistry {
     next: AtomicU64,
     directory: std::sync::OnceLock<Arc<SessionDirectory>>,
     changed: tokio::sync::Notify,
+    /// Woken when the last session goes (shutdown waits on it).
+    emptied: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for SessionRegistry {
@@ -172,19 +219,22 @@ impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.registry.map.remove(&self.session.id);
         self.registry.changed.notify_one();
+        if self.registry.map.is_empty() {
+            self.registry.emptied.notify_waiters();
+        }
     }
 }
 
 /// What describes a new session.
 pub struct NewSession {
-    /// User id.
-    pub user: String,
-    /// Method.
-    pub method: String,
-    /// Front.
-    pub front: &'static str,
-    /// Source address.
-    pub remote: String,
+    /// Whose it is.
+    pub user: UserId,
+    /// How they authenticated.
+    pub method: Method,
+    /// The front it comes through.
+    pub front: Front,
+    /// Source address, when known.
+    pub remote: Option<std::net::IpAddr>,
     /// Command line.
     pub command: String,
 }
@@ -197,14 +247,14 @@ impl SessionRegistry {
 
     /// Sessions of `user` on the other nodes (0 without a directory, or when it is unreachable:
     /// a fairness limit falls back to this node's own count rather than refusing everyone).
-    async fn remote_count(&self, user: &str) -> usize {
+    async fn remote_count(&self, user: &UserId) -> usize {
         let Some(dir) = self.directory.get() else {
             return 0;
         };
         match dir.all().await {
             Ok(all) => all
                 .iter()
-                .filter(|(node, s)| node != dir.node() && s["user"] == user)
+                .filter(|(node, s)| node != dir.node() && s["user"] == user.as_str())
                 .count(),
             Err(e) => {
                 tracing::error!(error = %e, "session directory unreachable; counting this node's sessions only");
@@ -233,7 +283,7 @@ impl SessionRegistry {
             }
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = now_ms();
+        let mono = mono_ms();
         let session = Arc::new(LiveSession {
             id,
             user: s.user,
@@ -242,11 +292,11 @@ impl SessionRegistry {
             remote: s.remote,
             command: s.command,
             account: std::sync::OnceLock::new(),
-            started_ms: now,
-            last_input_ms: AtomicU64::new(now),
+            started_ms: now_ms(),
+            last_input: AtomicU64::new(mono),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
-            last_output_ms: AtomicU64::new(now),
+            last_output: AtomicU64::new(mono),
             clients: std::sync::atomic::AtomicU32::new(1),
             watchers: std::sync::atomic::AtomicU32::new(0),
             end: CancellationToken::new(),
@@ -258,6 +308,22 @@ impl SessionRegistry {
             registry: self.clone(),
             session,
         })
+    }
+
+    /// Waits until no session is left or `deadline` passes; whether none is left.
+    pub async fn wait_empty(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            // Registered before looking, so a last session leaving in between is not missed.
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            emptied.as_mut().enable();
+            if self.map.is_empty() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, emptied).await.is_err() {
+                return self.map.is_empty();
+            }
+        }
     }
 
     /// A snapshot, oldest first.

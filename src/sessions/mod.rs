@@ -361,13 +361,6 @@ impl Running {
         self.attached.subscribe()
     }
 
-    /// Milliseconds since the epoch of the program's last output (its start, before any).
-    pub fn last_output_ms(&self) -> u64 {
-        self.live
-            .last_output_ms
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// The session is over: its client (if any) is let go with `outcome`.
     pub async fn finish(&self, outcome: Outcome) {
         let mut clients = self.clients.lock().await;
@@ -402,7 +395,7 @@ impl Running {
             "clients": clients,
             "watchers": watchers,
             "started": secs(self.started),
-            "last_output": self.last_output_ms() / 1000,
+            "last_output": self.live.last_output_unix_ms() / 1000,
             "command": self.command,
         })
     }
@@ -588,7 +581,7 @@ impl Hub {
             .filter(|e| &e.user == user)
             .map(|e| e.value().clone())
             .collect();
-        v.sort_by_key(|r| std::cmp::Reverse(r.last_output_ms().max(r.live.started_ms)));
+        v.sort_by_key(|r| r.live.since_output_ms());
         v
     }
 

@@ -132,7 +132,7 @@ pub async fn supervise(
         Ending::Limit(hit) => {
             limit = Some(hit);
             tracing::warn!(
-                user,
+                user = %user,
                 limit = hit.as_str(),
                 "session stopped at a resource limit"
             );
@@ -150,7 +150,7 @@ pub async fn supervise(
             }
             group.terminate().await;
             tracing::info!(
-                user,
+                user = %user,
                 code = status.exit_code(),
                 signal = status.signal_name(),
                 "program exited"
@@ -159,7 +159,7 @@ pub async fn supervise(
             let notice = if let Some(hit) = confinement.explain(status.signal) {
                 limit = Some(hit);
                 tracing::warn!(
-                    user,
+                    user = %user,
                     limit = hit.as_str(),
                     "program stopped at a resource limit"
                 );
@@ -177,22 +177,20 @@ pub async fn supervise(
             (Some(status.exit_code()), notice)
         }
         Ending::Abandoned => {
-            tracing::info!(user, "no client left; ending the program");
+            tracing::info!(user = %user, "no client left; ending the program");
             group.terminate().await;
             out.abort();
             (None, None)
         }
         Ending::Ended(reason) => {
-            tracing::info!(user, reason, "session ended");
+            tracing::info!(user = %user, reason, "session ended");
             group.terminate().await;
             let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, out).await;
             (Some(1), Some(format!("session ended: {reason}")))
         }
     };
     drop(process);
-    rules
-        .ops
-        .emit(live.end_event(started, code, limit.map(|l| l.as_str())));
+    rules.ops.emit(live.end_event(started, code, limit));
     drop(guard);
     Outcome {
         code,
@@ -210,7 +208,10 @@ async fn wait(
     notify: &dyn Notify,
 ) -> Ending {
     let idle = rules.idle;
+    // The warning comes a minute before the end, as people expect from a shell's TMOUT; a short
+    // timeout (tests, kiosks) warns at three quarters, so the warning never comes at once.
     let warn_before = (idle / 4).min(Duration::from_secs(60));
+    // Checked four times a second at most, and at least twice per timeout for very short ones.
     let mut idle_tick = tokio::time::interval(
         Duration::from_millis(250).min(idle.max(Duration::from_millis(50)) / 2),
     );

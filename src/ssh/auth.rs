@@ -1,4 +1,6 @@
-//! Per-connection authentication state, free of russh types so it can be unit-tested.
+//! Per-connection authentication state: the one place that knows who a connection is (its
+//! address, the user once accepted). It uses russh's key type only, none of its protocol
+//! types, so it can be unit-tested without a connection.
 //!
 //! russh enforces no ordering between methods, so the connection's state lives here:
 //!
@@ -23,7 +25,18 @@ use crate::identity::namespace::Namespaces;
 use crate::identity::oidc::Oidc;
 use crate::identity::recheck::{recheck, Recheck};
 use crate::identity::store::EnrollmentStore;
-use crate::identity::{Identity, KeyRegistry, Pending, ProvenKey};
+use crate::identity::{Identity, KeyRegistry, Pending, ProvenKey, UserId};
+
+/// An enrolled key the identity provider's re-check ended during this connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// Whose key it was.
+    pub user: UserId,
+    /// Its fingerprint.
+    pub key: String,
+    /// The provider's answer.
+    pub reason: String,
+}
 
 /// An authenticated connection: either who it is, or a connection that may only sign in.
 #[derive(Debug)]
@@ -73,8 +86,10 @@ pub struct Authenticator {
     namespaces: Option<Arc<Namespaces>>,
     /// The IdP and the interval for re-checking enrolled keys' users.
     recheck: Option<(Arc<Oidc>, Duration)>,
-    /// An enrollment the re-check just ended: (user, key, reason), for the audit log.
-    revoked: Option<(String, String, String)>,
+    /// An enrollment the re-check just ended, for the audit log.
+    revoked: Option<Revocation>,
+    /// The user a key was accepted for (kept after the principal moves on to the channels).
+    user: Option<UserId>,
     /// The same reason, for the sign-in screen that follows.
     revoked_note: Option<String>,
 }
@@ -101,7 +116,18 @@ impl Authenticator {
             recheck: None,
             revoked: None,
             revoked_note: None,
+            user: None,
         }
+    }
+
+    /// The connection's address, when it has one.
+    pub fn remote(&self) -> Option<IpAddr> {
+        self.remote
+    }
+
+    /// The user this connection authenticated as, once it has.
+    pub fn user(&self) -> Option<&UserId> {
+        self.user.as_ref()
     }
 
     /// Enrolled keys' users are re-checked with `oidc` when the IdP's last word on them is
@@ -120,7 +146,7 @@ impl Authenticator {
     }
 
     /// The enrollment a re-check ended during this connection, once: (user, key, reason).
-    pub fn take_revoked(&mut self) -> Option<(String, String, String)> {
+    pub fn take_revoked(&mut self) -> Option<Revocation> {
         self.revoked.take()
     }
 
@@ -194,7 +220,11 @@ impl Authenticator {
                         Recheck::Gone => return Ok(None),
                         Recheck::Revoked { reason } => {
                             self.revoked_note = Some(reason.clone());
-                            self.revoked = Some((e.user_id.to_string(), fp.to_owned(), reason));
+                            self.revoked = Some(Revocation {
+                                user: e.user_id.clone(),
+                                key: fp.to_owned(),
+                                reason,
+                            });
                             return Ok(None);
                         }
                     }
@@ -241,6 +271,7 @@ impl Authenticator {
             Ok(Some((id, options))) => {
                 self.permit = None;
                 self.no_pty = options.no_pty;
+                self.user = Some(id.user_id.clone());
                 self.principal = Some(Principal::Identity(id.clone()));
                 return Decision::Accept(id);
             }

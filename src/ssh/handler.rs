@@ -13,18 +13,16 @@ use super::auth::{fp, Authenticator, Decision, KbdDecision, Principal};
 use super::server::{AuthProgress, Stage};
 use super::session::{Channels, PtyParams, Request};
 use super::SshContext;
+use crate::identity::UserId;
 use crate::launcher::{ControlChar, ModeFlag, TermSize, TerminalModes};
-use crate::ops::Event;
+use crate::ops::{Event, Method, RevokedBy};
 
 /// One connection's handler.
 pub struct ConnectionHandler {
     auth: Authenticator,
     channels: Channels,
     ctx: Arc<SshContext>,
-    remote: String,
     progress: Arc<AuthProgress>,
-    /// The user id once authenticated by key (for log lines).
-    user: Option<String>,
     span: Span,
 }
 
@@ -37,7 +35,6 @@ impl ConnectionHandler {
         span: Span,
     ) -> ConnectionHandler {
         ConnectionHandler {
-            remote: remote.map(|r| r.to_string()).unwrap_or_default(),
             channels: Channels::new(ctx.clone(), remote, progress.clone(), span.clone()),
             progress,
             auth: Authenticator::new(
@@ -49,39 +46,34 @@ impl ConnectionHandler {
             .with_namespaces(ctx.namespaces.clone())
             .with_recheck_from(&ctx),
             ctx,
-            user: None,
             span,
         }
     }
 
-    fn user(&self) -> &str {
-        self.user.as_deref().unwrap_or("-")
-    }
-
     fn refuse(&self, what: &str) {
-        tracing::warn!(parent: &self.span, user = self.user(), "refused: {what}");
+        let user = self.auth.user();
+        tracing::warn!(parent: &self.span, user = user.map(UserId::as_str), "refused: {what}");
         self.ctx.ops.emit(Event::Refused {
-            user: self.user.clone(),
-            remote: self.remote.clone(),
+            user: user.cloned(),
+            remote: self.auth.remote(),
             what: what.to_owned(),
         });
     }
 
+    /// Audits an attempt; `failure` is `None` on success.
     fn audit_auth(
         &self,
-        user: Option<String>,
-        method: &str,
+        user: Option<UserId>,
+        method: Method,
         key: Option<String>,
-        ok: bool,
-        reason: &str,
+        failure: Option<&str>,
     ) {
         self.ctx.ops.emit(Event::Auth {
             user,
-            method: method.into(),
+            method,
             key,
-            remote: self.remote.clone(),
-            ok,
-            reason: reason.into(),
+            remote: self.auth.remote(),
+            failure: failure.map(str::to_owned),
         });
     }
 
@@ -114,7 +106,7 @@ impl russh::server::Handler for ConnectionHandler {
             Ok(()) => Ok(Auth::Accept),
             Err(reason) => {
                 tracing::info!(parent: &self.span, key = %fp(offer.public_key), reason, "publickey refused");
-                self.audit_auth(None, "publickey", Some(fp(offer.public_key)), false, reason);
+                self.audit_auth(None, Method::Key, Some(fp(offer.public_key)), Some(reason));
                 Ok(reject())
             }
         }
@@ -127,37 +119,34 @@ impl russh::server::Handler for ConnectionHandler {
     ) -> Result<Auth, Self::Error> {
         let pk: &PublicKey = key.public_key;
         let decision = self.auth.verified(pk).await;
-        if let Some((user, key, reason)) = self.auth.take_revoked() {
+        if let Some(r) = self.auth.take_revoked() {
             self.audit_auth(
-                Some(user.clone()),
-                "enrolled-key",
-                Some(key.clone()),
-                false,
-                &reason,
+                Some(r.user.clone()),
+                Method::EnrolledKey,
+                Some(r.key.clone()),
+                Some(&r.reason),
             );
             self.ctx.ops.emit(Event::Revoked {
-                user,
-                key,
-                by: "identity provider",
+                user: r.user,
+                key: r.key,
+                by: RevokedBy::IdentityProvider,
             });
         }
         match decision {
             Decision::Accept(id) => {
                 self.span.record("user", id.user_id.as_str());
-                self.user = Some(id.user_id.to_string());
                 tracing::info!(parent: &self.span, user = %id.user_id, method = %id.method, key = %fp(pk), "authenticated");
                 self.audit_auth(
-                    Some(id.user_id.to_string()),
-                    id.method.as_str(),
+                    Some(id.user_id.clone()),
+                    id.method.into(),
                     Some(fp(pk)),
-                    true,
-                    "",
+                    None,
                 );
                 Ok(Auth::Accept)
             }
             Decision::Reject(reason) => {
                 tracing::info!(parent: &self.span, key = %fp(pk), reason, "publickey refused");
-                self.audit_auth(None, "publickey", Some(fp(pk)), false, reason);
+                self.audit_auth(None, Method::Key, Some(fp(pk)), Some(reason));
                 Ok(reject())
             }
         }
@@ -186,7 +175,7 @@ impl russh::server::Handler for ConnectionHandler {
             }
             KbdDecision::Reject(reason) => {
                 tracing::warn!(parent: &self.span, reason, "keyboard-interactive refused");
-                self.audit_auth(None, "keyboard-interactive", None, false, &reason);
+                self.audit_auth(None, Method::KeyboardInteractive, None, Some(&reason));
                 Ok(reject())
             }
         }
@@ -198,7 +187,7 @@ impl russh::server::Handler for ConnectionHandler {
             Some(p @ Principal::Identity(_)) => {
                 // Only a real sign-in clears the address's failures: being admitted to device
                 // sign-in proves nothing yet.
-                self.ctx.bans_success(self.remote.parse().ok()).await;
+                self.ctx.bans_success(self.auth.remote()).await;
                 self.progress.set(Stage::SignedIn);
                 if self.auth.no_pty() {
                     self.channels.forbid_pty();
@@ -289,10 +278,10 @@ impl russh::server::Handler for ConnectionHandler {
         variable_value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let user = self.user().to_owned();
+        let user = self.auth.user().cloned();
         let ok = self
             .channels
-            .env_request(channel, variable_name, variable_value, &user);
+            .env_request(channel, variable_name, variable_value, user);
         Self::reply(session, channel, ok)
     }
 
@@ -348,6 +337,9 @@ impl russh::server::Handler for ConnectionHandler {
         Ok(false)
     }
 
+    // The forwarding opens below drop their `_reply` unanswered on purpose: russh answers a
+    // channel open that the handler neither accepts nor rejects with
+    // SSH_OPEN_ADMINISTRATIVELY_PROHIBITED, which is exactly what a client should be told.
     async fn channel_open_direct_tcpip(
         &mut self,
         _channel: Channel<Msg>,

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::identity::limits::Bans;
-use crate::ops::{Event, Shutdown};
+use crate::ops::{ConnRefusal, Event, Shutdown};
 use tracing::Instrument;
 
 use super::handler::ConnectionHandler;
@@ -101,8 +101,8 @@ impl SshServer {
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 tracing::warn!(%peer, limit = limits.max_connections, "refused: too many connections");
                 self.ctx.ops.emit(Event::ConnectionRefused {
-                    remote: peer.ip().to_string(),
-                    reason: "max_connections".into(),
+                    remote: peer.ip(),
+                    reason: ConnRefusal::MaxConnections,
                 });
                 continue;
             };
@@ -217,8 +217,8 @@ impl Connection {
         if self.bans.is_banned(peer.ip()).await {
             tracing::debug!("refused: address is banned");
             ctx.ops.emit(Event::ConnectionRefused {
-                remote: peer.ip().to_string(),
-                reason: "banned".into(),
+                remote: peer.ip(),
+                reason: ConnRefusal::Banned,
             });
             return;
         }

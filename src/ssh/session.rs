@@ -22,11 +22,12 @@ use super::SshContext;
 use crate::config::ExecPolicy;
 use crate::identity::store::{Enrollment, RefreshToken};
 use crate::identity::tickets::Purpose;
+use crate::identity::UserId;
 use crate::identity::{AuthMethod, Identity, Pending};
 use crate::launcher::{self, LaunchError, SessionEnv, TermSize, TerminalModes};
 use crate::ops::recording::Recorder;
 use crate::ops::sessions::NewSession;
-use crate::ops::{Event, LiveSession};
+use crate::ops::{Actor, AttachmentKind, Event, Front, LiveSession, Method, RevokedBy, TicketOp};
 use crate::sessions::supervise::{supervise, Notify, Presence, Rules, Started};
 use crate::sessions::{Attachment, Joining, Running};
 use crate::tui::picker::{Choice, Entry as PickerEntry, Picker};
@@ -88,7 +89,7 @@ struct Slot {
 enum ConnState {
     /// Not authenticated (channels are refused before this changes).
     #[default]
-    None,
+    Unauthenticated,
     /// Authenticated.
     Identity(Identity),
     /// May only sign in.
@@ -248,23 +249,29 @@ impl Channels {
 
     /// `env`: accepted only for names in `[session] accept_env`, and never for identity or
     /// gateway-set variables (refusals of those are logged: someone tried to pass as another).
-    pub fn env_request(&mut self, id: ChannelId, name: &str, value: &str, user: &str) -> bool {
+    pub fn env_request(
+        &mut self,
+        id: ChannelId,
+        name: &str,
+        value: &str,
+        user: Option<UserId>,
+    ) -> bool {
         let Some(slot) = self.slots.get_mut(&id) else {
             return false;
         };
         let launch = self.ctx.launch.load();
         if launch.is_reserved(name) {
-            tracing::warn!(parent: &self.span, user, variable = name, "refused client env: reserved variable (identity or gateway-set)");
+            tracing::warn!(parent: &self.span, user = user.as_ref().map(UserId::as_str), variable = name, "refused client env: reserved variable (identity or gateway-set)");
             self.ctx.ops.emit(Event::Refused {
-                user: Some(user.to_owned()).filter(|u| u != "-"),
-                remote: self.remote.map(|r| r.to_string()).unwrap_or_default(),
+                user,
+                remote: self.remote,
                 what: format!("env {name}"),
             });
             return false;
         }
         let accepted = self.ctx.accept_env.iter().any(|p| p.matches(name));
         if !accepted || value.contains('\0') || slot.env.len() >= MAX_CLIENT_ENV {
-            tracing::debug!(parent: &self.span, user, variable = name, "refused client env: not in accept_env");
+            tracing::debug!(parent: &self.span, user = user.as_ref().map(UserId::as_str), variable = name, "refused client env: not in accept_env");
             return false;
         }
         slot.env.retain(|(k, _)| k != name);
@@ -307,7 +314,7 @@ impl Channels {
                 (ConnState::SigningIn, _) => Start::Refuse(
                     "hermes-ssh-gateway: a sign-in is already in progress on this connection".into(),
                 ),
-                (ConnState::None, _) => return false,
+                (ConnState::Unauthenticated, _) => return false,
             }
         };
         let (Some(writer), Some(input), Some(attach)) =
@@ -513,8 +520,8 @@ impl Job {
             Ok(t) => {
                 let token = t.expose_secret().to_owned();
                 self.ctx.ops.emit(Event::Ticket {
-                    op: "mint",
-                    purpose: Purpose::Watch.as_str(),
+                    op: TicketOp::Mint,
+                    purpose: Purpose::Watch,
                     ok: true,
                 });
                 tracing::info!(user = %identity.user_id, session = id, "watch ticket minted");
@@ -537,8 +544,8 @@ impl Job {
     async fn watch(self, identity: &Identity, token: &str) {
         let consumed = self.ctx.tickets.consume(token, Purpose::Watch).await;
         self.ctx.ops.emit(Event::Ticket {
-            op: "consume",
-            purpose: Purpose::Watch.as_str(),
+            op: TicketOp::Consume,
+            purpose: Purpose::Watch,
             ok: consumed.is_ok(),
         });
         let session = match consumed {
@@ -557,7 +564,11 @@ impl Job {
                 .await;
         };
         let joining = Joining {
-            who: format!("{} from {} (watching)", identity.user_id, self.ctx_remote()),
+            who: format!(
+                "{} from {} (watching)",
+                identity.user_id,
+                self.shown_remote()
+            ),
             size: current_size(&self.resize).or(self.pty.as_ref().map(|p| p.size)),
             watcher: true,
             restore: true,
@@ -565,15 +576,15 @@ impl Job {
         let sink: crate::sessions::Sink = Box::new(self.writer.make_writer());
         let attachment = session.attach(sink, joining).await;
         let audit = |what| Event::Attachment {
-            owner: session.user.to_string(),
-            actor: identity.user_id.to_string(),
+            owner: session.user.clone(),
+            actor: Actor::User(identity.user_id.clone()),
             session: session.id.clone(),
-            remote: self.ctx_remote(),
+            remote: self.remote,
             what,
         };
-        self.ctx.ops.emit(audit("watch_start"));
+        self.ctx.ops.emit(audit(AttachmentKind::WatchStart));
         tracing::info!(user = %identity.user_id, owner = %session.user, session = session.id, "watching");
-        let end = audit("watch_end");
+        let end = audit(AttachmentKind::WatchEnd);
         let ops = self.ctx.ops.clone();
         self.serve_client(session, attachment).await;
         ops.emit(end);
@@ -613,12 +624,11 @@ impl Job {
 
     /// Several detached sessions: the user picks one (or a new one) on a ratatui screen.
     async fn pick(&mut self, sessions: &[Arc<Running>]) -> Choice {
-        let now = crate::ops::now_ms();
         let entries = sessions
             .iter()
             .map(|s| {
                 let started = chrono::DateTime::<chrono::Utc>::from(s.started);
-                let quiet = now.saturating_sub(s.last_output_ms().max(s.live.started_ms)) / 1000;
+                let quiet = s.live.since_output_ms() / 1000;
                 PickerEntry {
                     id: s.id.clone(),
                     started: started.format("%H:%M UTC").to_string(),
@@ -669,7 +679,7 @@ impl Job {
                 Ok(_) => {
                     tracing::info!(user = %identity.user_id, key = %fp, "logout: key enrollment removed");
                     self.ctx.ops.emit(Event::Logout {
-                        user: identity.user_id.to_string(),
+                        user: identity.user_id.clone(),
                         key: fp.clone(),
                     });
                     self.print(format!(
@@ -745,9 +755,9 @@ impl Job {
             Ok(_) => {
                 tracing::info!(user = %identity.user_id, key = fp, "enrolled key revoked by its user");
                 self.ctx.ops.emit(Event::Revoked {
-                    user: identity.user_id.to_string(),
+                    user: identity.user_id.clone(),
                     key: fp.to_owned(),
-                    by: "user",
+                    by: RevokedBy::User,
                 });
                 self.print(format!(
                     "Revoked {fp}: it no longer logs in as {}.\n",
@@ -783,8 +793,8 @@ impl Job {
             Ok(t) => {
                 tracing::info!(user = %identity.user_id, "web login link minted");
                 self.ctx.ops.emit(Event::Ticket {
-                    op: "mint",
-                    purpose: Purpose::WebLogin.as_str(),
+                    op: TicketOp::Mint,
+                    purpose: Purpose::WebLogin,
                     ok: true,
                 });
                 self.print(format!(
@@ -859,22 +869,17 @@ impl Job {
         };
         self.ctx.ops.emit(Event::DeviceFlow { started: false });
         self.ctx.ops.emit(Event::Auth {
-            user: result.as_ref().ok().map(|i| i.user_id.to_string()),
-            method: "device-flow".into(),
+            user: result.as_ref().ok().map(|i| i.user_id.clone()),
+            method: Method::DeviceFlow,
             key: pending.proven_key.as_ref().map(|k| k.fingerprint.clone()),
-            remote: self.ctx_remote(),
-            ok: result.is_ok(),
-            reason: result
-                .as_ref()
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default(),
+            remote: self.remote,
+            failure: result.as_ref().err().map(|e| e.to_string()),
         });
         let mut identity = match result {
             Ok(id) => id,
             Err(e) => {
                 if let Ok(mut st) = self.state.lock() {
-                    *st = ConnState::None;
+                    *st = ConnState::Unauthenticated;
                 }
                 if self.closed.is_cancelled() {
                     tracing::info!("client left during sign-in; polling stopped");
@@ -901,7 +906,12 @@ impl Job {
                     refresh_token.map(|t| RefreshToken::new(t.expose_secret().to_owned()));
                 match self.ctx.enrollments.bind(&key.fingerprint, e).await {
                     Ok(()) => {
-                        tracing::info!(user = %identity.user_id, key = %key.fingerprint, ttl = ?self.ctx.enroll_ttl, "key enrolled")
+                        tracing::info!(user = %identity.user_id, key = %key.fingerprint, ttl = ?self.ctx.enroll_ttl, "key enrolled");
+                        // The README's audit schema always listed it; nothing emitted it.
+                        self.ctx.ops.emit(Event::Enrolled {
+                            user: identity.user_id.clone(),
+                            key: key.fingerprint.clone(),
+                        });
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "enrolling the key failed; the user will sign in again next time")
@@ -938,10 +948,8 @@ impl Job {
             shutdown: self.ctx.shutdown.clone(),
             idle: self.ctx.limits.idle_timeout,
         };
-        let Some(io) = started.process.take_io() else {
-            return finish(&self.writer, 255).await;
-        };
-        let (Some(pty), Some(resizer)) = (self.pty.as_ref(), started.process.resizer()) else {
+        let io = started.io;
+        let (Some(pty), Some(resizer)) = (self.pty.as_ref(), started.resizer) else {
             // Pipes: the session is this connection's and ends with it.
             let out = tokio::spawn(pump_out(
                 io.output,
@@ -1011,14 +1019,14 @@ impl Job {
             rules,
             self.ctx.detach.timeout,
         );
-        tracing::debug!(user, session = session.id, "session core took the program");
+        tracing::debug!(user = %user, session = session.id, "session core took the program");
         self.serve_client(session, attachment).await;
     }
 
     /// Reattaches `session`: this client gets its screen as it stands, then live output.
     async fn attach_to(self, session: Arc<Running>) {
         let attachment = self.join(&session, true).await;
-        self.audit_attachment(&session, "attach");
+        self.audit_attachment(&session, AttachmentKind::Attach);
         self.serve_client(session, attachment).await
     }
 
@@ -1026,7 +1034,7 @@ impl Job {
     async fn join(&self, session: &Arc<Running>, restore: bool) -> Attachment {
         let sink: crate::sessions::Sink = Box::new(self.writer.make_writer());
         let joining = Joining {
-            who: format!("{} from {}", session.user, self.ctx_remote()),
+            who: format!("{} from {}", session.user, self.shown_remote()),
             size: current_size(&self.resize).or(self.pty.as_ref().map(|p| p.size)),
             watcher: false,
             restore,
@@ -1039,12 +1047,12 @@ impl Job {
     }
 
     /// `attach` / `detach` in the audit log.
-    fn audit_attachment(&self, session: &Running, what: &'static str) {
+    fn audit_attachment(&self, session: &Running, what: AttachmentKind) {
         self.ctx.ops.emit(Event::Attachment {
-            owner: session.user.to_string(),
-            actor: session.user.to_string(),
+            owner: session.user.clone(),
+            actor: Actor::User(session.user.clone()),
             session: session.id.clone(),
-            remote: self.ctx_remote(),
+            remote: self.remote,
             what,
         });
     }
@@ -1060,7 +1068,7 @@ impl Job {
                 session.detach(&attachment).await;
                 if !self.ctx.detach.timeout.is_zero() && !attachment.is_watcher() {
                     tracing::info!(user, session = session.id, "client left; session detached");
-                    self.audit_attachment(&session, "detach");
+                    self.audit_attachment(&session, AttachmentKind::Detach);
                     // Over the cap, the longest-detached sessions end (reported at next login).
                     let detached: Vec<_> = self
                         .ctx
@@ -1126,10 +1134,10 @@ impl Job {
             .sessions
             .register(
                 NewSession {
-                    user: user.clone(),
-                    method: identity.method.as_str().into(),
-                    front: "ssh",
-                    remote: self.ctx_remote(),
+                    user: identity.user_id.clone(),
+                    method: identity.method.into(),
+                    front: Front::Ssh,
+                    remote: self.remote,
                     command: command.clone(),
                 },
                 self.ctx.limits.max_sessions_per_user,
@@ -1139,8 +1147,8 @@ impl Job {
             Ok(g) => g,
             Err(e) => {
                 self.ctx.ops.emit(Event::Refused {
-                    user: Some(user.clone()),
-                    remote: self.ctx_remote(),
+                    user: Some(identity.user_id.clone()),
+                    remote: self.remote,
                     what: e.to_string(),
                 });
                 tracing::warn!(user, "refused: {e}");
@@ -1165,19 +1173,21 @@ impl Job {
             .map(|pty| current_size(&self.resize).unwrap_or(pty.size));
         let spawned = match prepared {
             Ok(p) => match (&self.pty, size) {
-                (Some(pty), Some(size)) => launcher::spawn_pty(p, size, pty.modes.clone()).await,
-                _ => launcher::spawn_pipes(p),
+                (Some(pty), Some(size)) => launcher::spawn_pty(p, size, pty.modes.clone())
+                    .await
+                    .map(|(s, r)| (s, Some(r))),
+                _ => launcher::spawn_pipes(p).map(|s| (s, None)),
             },
             Err(e) => Err(e),
         };
-        let process = match spawned {
-            Ok(p) => p,
+        let (launcher::Spawned { process, io }, resizer) = match spawned {
+            Ok(s) => s,
             Err(e) => {
                 if let LaunchError::Account(a) = &e {
                     // No usable account is a security decision: it goes to the audit log too.
                     self.ctx.ops.emit(Event::Refused {
-                        user: Some(user.clone()),
-                        remote: self.ctx_remote(),
+                        user: Some(identity.user_id.clone()),
+                        remote: self.remote,
                         what: a.to_string(),
                     });
                 }
@@ -1211,6 +1221,8 @@ impl Job {
         };
         Ok(StartedProgram {
             process,
+            io,
+            resizer,
             live,
             guard,
             recorder,
@@ -1218,8 +1230,11 @@ impl Job {
         })
     }
 
-    fn ctx_remote(&self) -> String {
-        self.remote.map(|r| r.to_string()).unwrap_or_default()
+    /// The client's address as the other clients of a session are told it.
+    fn shown_remote(&self) -> String {
+        self.remote
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "an unknown address".into())
     }
 
     /// The program could not start: tell the user clearly instead of disconnecting.
@@ -1291,6 +1306,8 @@ async fn pump_out(
 /// A started program, before a session takes it.
 struct StartedProgram {
     process: launcher::Process,
+    io: launcher::ProcessIo,
+    resizer: Option<launcher::Resizer>,
     live: Arc<LiveSession>,
     guard: crate::ops::SessionGuard,
     recorder: Option<Recorder>,

@@ -317,11 +317,10 @@ type LoginRefusal = (Response, String);
 async fn login_failed(ctx: &WebContext, client: IpAddr, reason: String) {
     ctx.ops.emit(crate::ops::Event::Auth {
         user: None,
-        method: "web".into(),
+        method: crate::ops::Method::Web,
         key: None,
-        remote: client.to_string(),
-        ok: false,
-        reason,
+        remote: Some(client),
+        failure: Some(reason),
     });
     if ctx.bans.failure(client).await {
         tracing::warn!(ip = %client, "address banned after repeated failed logins");
@@ -401,12 +400,11 @@ async fn finish_login(
         Ok(identity) => {
             tracing::info!(user = %identity.user_id, method = %identity.method, provider = %identity.provider, "browser signed in");
             ctx.ops.emit(crate::ops::Event::Auth {
-                user: Some(identity.user_id.to_string()),
-                method: "web".into(),
+                user: Some(identity.user_id.clone()),
+                method: crate::ops::Method::Web,
                 key: None,
-                remote: client.to_string(),
-                ok: true,
-                reason: String::new(),
+                remote: Some(client),
+                failure: None,
             });
             ctx.bans.success(client).await;
             let token = ctx.sessions.create(identity, ctx.session_ttl);
@@ -629,8 +627,8 @@ pub async fn ticket_login(
     let token = q.t.unwrap_or_default();
     let consumed = ctx.tickets.consume(&token, Purpose::WebLogin).await;
     ctx.ops.emit(crate::ops::Event::Ticket {
-        op: "consume",
-        purpose: Purpose::WebLogin.as_str(),
+        op: crate::ops::TicketOp::Consume,
+        purpose: Purpose::WebLogin,
         ok: consumed.is_ok(),
     });
     match consumed {

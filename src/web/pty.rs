@@ -18,7 +18,7 @@ use crate::identity::Identity;
 use crate::launcher::{self, SessionEnv, TermSize, TerminalModes};
 use crate::ops::recording::Recorder;
 use crate::ops::sessions::{NewSession, SessionGuard};
-use crate::ops::Event;
+use crate::ops::{Actor, AttachmentKind, Event, Front, TicketOp};
 use crate::sessions::supervise::{Rules, Started};
 use crate::sessions::{Joining, Running};
 
@@ -56,8 +56,8 @@ pub async fn pty(
     let token = q.ticket.unwrap_or_default();
     let consumed = ctx.tickets.consume(&token, Purpose::Pty).await;
     ctx.ops.emit(Event::Ticket {
-        op: "consume",
-        purpose: Purpose::Pty.as_str(),
+        op: TicketOp::Consume,
+        purpose: Purpose::Pty,
         ok: consumed.is_ok(),
     });
     let (identity, session) = match consumed {
@@ -73,23 +73,23 @@ pub async fn pty(
         let Some(session) = ctx.hub.own(&identity.user_id, id) else {
             return (StatusCode::NOT_FOUND, "no such session of yours\n").into_response();
         };
-        let remote = ctx.client_ip(peer, &headers).to_string();
+        let remote = ctx.client_ip(peer, &headers);
         return ws
             .max_message_size(ctx.max_message_size)
             .max_frame_size(ctx.max_message_size)
             .on_upgrade(move |socket| attach_browser(ctx, session, size, socket, remote));
     }
     let launch = ctx.launch.load_full();
-    let remote = ctx.client_ip(peer, &headers).to_string();
+    let remote = ctx.client_ip(peer, &headers);
     let guard = match ctx
         .ops
         .sessions
         .register(
             NewSession {
-                user: identity.user_id.to_string(),
-                method: identity.method.as_str().into(),
-                front: "web",
-                remote,
+                user: identity.user_id.clone(),
+                method: identity.method.into(),
+                front: Front::Web,
+                remote: Some(remote),
                 command: launch.command.join(" "),
             },
             ctx.max_sessions_per_user,
@@ -100,8 +100,8 @@ pub async fn pty(
         Err(e) => {
             tracing::warn!("refused: {e}");
             ctx.ops.emit(Event::Refused {
-                user: Some(identity.user_id.to_string()),
-                remote: String::new(),
+                user: Some(identity.user_id.clone()),
+                remote: Some(remote),
                 what: e.to_string(),
             });
             return (StatusCode::TOO_MANY_REQUESTS, format!("{e}\n")).into_response();
@@ -126,6 +126,7 @@ async fn run(
     launch: Arc<crate::launcher::LaunchSpec>,
 ) {
     let live = guard.session.clone();
+    let remote = live.remote;
     let id = identity.clone();
     let env = SessionEnv {
         term: Some("xterm-256color".into()),
@@ -140,14 +141,14 @@ async fn run(
         Err(e) => Err(e),
     };
     let (mut sink, stream) = socket.split();
-    let mut process = match spawned {
-        Ok(p) => p,
+    let (launcher::Spawned { process, io }, pty) = match spawned {
+        Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the session program");
             if let launcher::LaunchError::Account(a) = &e {
                 ctx.ops.emit(Event::Refused {
-                    user: Some(identity.user_id.to_string()),
-                    remote: live.remote.clone(),
+                    user: Some(identity.user_id.clone()),
+                    remote: live.remote,
                     what: a.to_string(),
                 });
             }
@@ -170,11 +171,8 @@ async fn run(
         &process.account().name,
         process.account().uid,
     ));
-    let (Some(io), Some(pty)) = (process.take_io(), process.resizer()) else {
-        return;
-    };
     let recorder = match &ctx.recording_dir {
-        Some(dir) => Recorder::start(dir, &live.user, live.id, size.cols, size.rows, "xterm-256color")
+        Some(dir) => Recorder::start(dir, live.user.as_str(), live.id, size.cols, size.rows, "xterm-256color")
             .await
             .map_err(|e| tracing::error!(error = %e, "cannot start the session recording; the session goes on"))
             .ok(),
@@ -193,7 +191,11 @@ async fn run(
     // The browser is the first client, attached before any output is read.
     let (writer, forward) = browser_writer(sink);
     let joining = Joining {
-        who: format!("{} from {} (browser)", identity.user_id, live.remote),
+        who: format!(
+            "{} from {} (browser)",
+            identity.user_id,
+            live.remote.map(|r| r.to_string()).unwrap_or_default()
+        ),
         size: Some(size),
         watcher: false,
         restore: false,
@@ -221,7 +223,7 @@ async fn run(
         rules,
         ctx.detach.timeout,
     );
-    serve_browser(&ctx, session, attachment, stream, forward).await;
+    serve_browser(&ctx, session, attachment, (stream, remote), forward).await;
 }
 
 /// A browser attaches a running session: it gets the screen as it stands, then live output.
@@ -230,7 +232,7 @@ async fn attach_browser(
     session: Arc<Running>,
     size: TermSize,
     socket: WebSocket,
-    remote: String,
+    remote: std::net::IpAddr,
 ) {
     let (sink, stream) = socket.split();
     let (writer, forward) = browser_writer(sink);
@@ -242,14 +244,23 @@ async fn attach_browser(
     };
     let attachment = session.attach(writer, joining).await;
     tracing::info!(user = %session.user, session = session.id, "browser attached");
+    audit_attachment(&ctx, &session, Some(remote), AttachmentKind::Attach);
+    serve_browser(&ctx, session, attachment, (stream, Some(remote)), forward).await;
+}
+
+fn audit_attachment(
+    ctx: &WebContext,
+    session: &Running,
+    remote: Option<std::net::IpAddr>,
+    what: AttachmentKind,
+) {
     ctx.ops.emit(Event::Attachment {
-        owner: session.user.to_string(),
-        actor: session.user.to_string(),
+        owner: session.user.clone(),
+        actor: Actor::User(session.user.clone()),
         session: session.id.clone(),
         remote,
-        what: "attach",
+        what,
     });
-    serve_browser(&ctx, session, attachment, stream, forward).await;
 }
 
 /// A client's output sink that sends binary frames to the browser, and the task that does
@@ -283,7 +294,10 @@ async fn serve_browser(
     ctx: &WebContext,
     session: Arc<Running>,
     attachment: crate::sessions::Attachment,
-    mut stream: futures_util::stream::SplitStream<WebSocket>,
+    (mut stream, remote): (
+        futures_util::stream::SplitStream<WebSocket>,
+        Option<std::net::IpAddr>,
+    ),
     forward: tokio::task::JoinHandle<futures_util::stream::SplitSink<WebSocket, Message>>,
 ) {
     let mut input = session.input_for(&attachment);
@@ -314,6 +328,7 @@ async fn serve_browser(
             session.detach(&attachment).await;
             if !ctx.detach.timeout.is_zero() {
                 tracing::info!(session = session.id, "browser left; session detached");
+                audit_attachment(ctx, &session, remote, AttachmentKind::Detach);
             }
         }
         _ = attachment.gone.cancelled() => {

@@ -16,6 +16,31 @@ pub mod webclient;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_hermes-ssh-gateway");
 
+/// How long a test waits for anything to happen before it fails: generous, because tests wait
+/// for conditions, and a condition that holds ends the wait at once.
+pub const T: Duration = Duration::from_secs(30);
+
+/// The same for the real Hermes agent and load tests, whose steps are slower on 2 cores.
+pub const T_SLOW: Duration = Duration::from_secs(60);
+
+/// The one deadline loop: asks `f` every `every` until it gives a value or `timeout` passes.
+pub fn poll_until<R>(
+    timeout: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<R>,
+) -> Option<R> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(r) = f() {
+            return Some(r);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(every);
+    }
+}
+
 /// An ed25519 key pair made by ssh-keygen.
 #[derive(Clone, Debug)]
 pub struct Keypair {
@@ -151,16 +176,17 @@ impl Gateway {
 
     /// Waits until a log line contains `needle`; returns that line.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(l) = self.log().lines().find(|l| l.contains(needle)) {
-                return Some(l.to_owned());
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll_until(timeout, Duration::from_millis(20), || {
+            self.log()
+                .lines()
+                .find(|l| l.contains(needle))
+                .map(str::to_owned)
+        })
+    }
+
+    /// Waits until at least `n` log lines contain `needle`.
+    pub fn wait_log_count(&self, needle: &str, n: usize) -> bool {
+        eventually(T, || self.log().matches(needle).count() >= n)
     }
 
     /// Adds (or replaces) `users_dir/<user>.keys`.
@@ -277,16 +303,9 @@ pub fn ssh_base_args(port: u16) -> Vec<String> {
 }
 
 pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            return Some(st);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    poll_until(timeout, Duration::from_millis(10), || {
+        child.try_wait().ok().flatten()
+    })
 }
 
 /// Runs `cmd` to completion with a time limit (killing it past that).
@@ -334,16 +353,7 @@ pub fn browser() -> reqwest::blocking::Client {
 
 /// Retries `f` until it returns true or `timeout` passes.
 pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    poll_until(timeout, Duration::from_millis(100), || f().then_some(())).is_some()
 }
 
 /// Retries the async check `f` until it returns true or `timeout` passes.
@@ -557,16 +567,13 @@ impl PtyClient {
     }
 
     pub fn wait(&mut self, timeout: Duration) -> Option<u32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st.exit_code());
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll_until(timeout, Duration::from_millis(20), || {
+            self.child
+                .try_wait()
+                .ok()
+                .flatten()
+                .map(|st| st.exit_code())
+        })
     }
 
     pub fn pid(&self) -> Option<u32> {

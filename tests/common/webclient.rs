@@ -7,9 +7,7 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::{Message, WebSocket};
 
 use super::idp::{free_port, oidc_section, Idp};
-use super::{config, text, Gateway};
-
-const T: Duration = Duration::from_secs(30);
+use super::{config, text, Gateway, T};
 
 pub fn ws_ticket(
     url: &str,
