@@ -389,7 +389,17 @@ def detached_sessions(t, key, n):
         c.kill()
     for c in clients:
         c.wait()
-    time.sleep(3)
+    # The gateway gives freed heap back a few seconds after connections close: measure once
+    # its memory has settled (no longer falling), within a bound.
+    pids = [p for p in tree_pids(server_pids(t)[0]) if is_server(p)]
+    last, settled_since, deadline = None, time.time(), time.time() + 20
+    while time.time() < deadline:
+        now = mem_kb(pids, "VmRSS")
+        if last is None or now < last * 0.99:
+            last, settled_since = now, time.time()
+        elif time.time() - settled_since >= 6:
+            break
+        time.sleep(0.5)
     left = sum(1 for p in tree_pids(server_pids(t)[0]) if cmdline(p).startswith("sleep 601"))
     pids = [p for p in tree_pids(server_pids(t)[0]) if is_server(p)]
     rss = mem_kb(pids, "VmRSS") - base_rss

@@ -12,6 +12,7 @@ pub mod oidc;
 pub mod principal;
 pub mod recheck;
 pub mod redis;
+pub mod shared;
 pub mod store;
 pub mod tickets;
 pub mod user_id;

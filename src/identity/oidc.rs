@@ -10,14 +10,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use openidconnect::core::{
-    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClientAuthMethod, CoreGrantType,
-    CoreIdToken, CoreIdTokenVerifier, CoreJsonWebKey, CoreJsonWebKeySet,
+    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClientAuthMethod, CoreGenderClaim,
+    CoreGrantType, CoreIdTokenVerifier, CoreJsonWebKey, CoreJsonWebKeySet,
     CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm,
     CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
 };
 use openidconnect::{
     AdditionalProviderMetadata, ClaimsVerificationError, ClientId, DeviceAuthorizationUrl,
-    IssuerUrl, JsonWebKeySetUrl, Nonce, ProviderMetadata, SignatureVerificationError,
+    IdTokenClaims, IssuerUrl, JsonWebKeySetUrl, Nonce, ProviderMetadata,
+    SignatureVerificationError,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -91,11 +92,11 @@ pub(crate) struct Discovered {
 }
 
 /// Why a sign-in did not produce an identity. `Display` is the one line the user sees.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum FlowError {
     /// Discovery has not succeeded (yet) or the IdP does not answer.
     #[error("the identity provider is unreachable right now ({0}); try again in a minute")]
-    Unreachable(String),
+    Unreachable(#[source] IdpError),
     /// The IdP has no device authorization endpoint.
     #[error("the identity provider does not offer device sign-in")]
     NoDeviceFlow,
@@ -110,7 +111,7 @@ pub enum FlowError {
     Idp(String),
     /// The ID token failed validation (logged in detail; the user sees a summary).
     #[error("the identity provider's answer could not be verified")]
-    InvalidToken(String),
+    InvalidToken(#[source] TokenError),
     /// Valid token, but the operator's rules do not admit the user.
     #[error("{0}")]
     NotAllowed(#[from] Refusal),
@@ -120,6 +121,74 @@ pub enum FlowError {
     /// The user id names a key-file user the operator has not linked.
     #[error("{0}")]
     Clash(#[from] super::namespace::NamespaceClash),
+}
+
+/// The claims of an ID token that openidconnect has no field for (groups, a custom user-id
+/// claim), kept as they came.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OtherClaims {
+    #[serde(flatten)]
+    rest: Map<String, Value>,
+}
+
+impl openidconnect::AdditionalClaims for OtherClaims {}
+
+/// An ID token whose every claim survives verification.
+type IdToken = openidconnect::IdToken<
+    OtherClaims,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJwsSigningAlgorithm,
+>;
+
+/// An error of the crates underneath (openidconnect's are generic over the HTTP client's).
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why the identity provider could not be reached or understood. The log shows the whole
+/// chain of causes (the `source`s).
+#[derive(Debug, thiserror::Error)]
+pub enum IdpError {
+    /// The HTTP client could not be built (TLS set-up).
+    #[error("building the HTTP client")]
+    Client(#[source] reqwest::Error),
+    /// `[oidc] issuer` is not a URL.
+    #[error("[oidc] issuer is not a URL")]
+    Issuer(#[source] url::ParseError),
+    /// The discovery document could not be fetched or read.
+    #[error("fetching the discovery document")]
+    Discovery(#[source] BoxError),
+    /// The IdP signs with nothing we accept.
+    #[error("the identity provider signs ID tokens with no asymmetric algorithm we accept")]
+    NoAsymmetricAlgorithm,
+    /// The signing keys could not be fetched or read.
+    #[error("fetching the signing keys")]
+    Keys(#[source] BoxError),
+    /// A request to one of its endpoints failed.
+    #[error("request to the identity provider")]
+    Request(#[source] reqwest::Error),
+    /// Discovery has not succeeded yet.
+    #[error("discovery has not succeeded yet")]
+    NotDiscovered,
+    /// It answered with a server error.
+    #[error("the identity provider answered {0}")]
+    Status(reqwest::StatusCode),
+}
+
+/// Why an ID token was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Signature, issuer, audience, expiry or nonce (openidconnect's verdict).
+    #[error("the ID token failed verification")]
+    Verification(#[source] ClaimsVerificationError),
+    /// Signed with a key the IdP does not publish (even after fetching its keys again).
+    #[error("no key of the identity provider matches the token")]
+    NoMatchingKey,
+    /// Issued to another client (`azp`).
+    #[error("azp {0:?} is not this client")]
+    OtherClient(String),
+    /// Discovery has not succeeded yet.
+    #[error("the identity provider is not discovered yet")]
+    NotDiscovered,
 }
 
 /// What the user is shown to approve a sign-in.
@@ -205,14 +274,14 @@ pub(crate) struct OAuthError {
 
 impl Oidc {
     /// A client for `settings`; nothing is fetched until [`Oidc::discover`].
-    pub fn new(settings: OidcSettings) -> Result<Arc<Oidc>, String> {
+    pub fn new(settings: OidcSettings) -> Result<Arc<Oidc>, IdpError> {
         let http = reqwest::Client::builder()
             // Following redirects would let an IdP answer point us anywhere (SSRF).
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(5))
             .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
+            .map_err(IdpError::Client)?;
         Ok(Arc::new(Oidc {
             settings,
             http,
@@ -235,18 +304,18 @@ impl Oidc {
         let guard = self
             .discovered
             .read()
-            .map_err(|_| FlowError::Unreachable("internal state".into()))?;
+            .map_err(|_| FlowError::Unreachable(IdpError::NotDiscovered))?;
         guard
             .clone()
-            .ok_or_else(|| FlowError::Unreachable("discovery has not succeeded yet".into()))
+            .ok_or(FlowError::Unreachable(IdpError::NotDiscovered))
     }
 
     /// Fetches the discovery document and the JWKS.
-    pub async fn discover(&self) -> Result<(), String> {
-        let issuer = IssuerUrl::new(self.settings.issuer.clone()).map_err(|e| e.to_string())?;
+    pub async fn discover(&self) -> Result<(), IdpError> {
+        let issuer = IssuerUrl::new(self.settings.issuer.clone()).map_err(IdpError::Issuer)?;
         let meta = Metadata::discover_async(issuer, &self.http)
             .await
-            .map_err(|e| error_chain(&e))?;
+            .map_err(|e| IdpError::Discovery(Box::new(e)))?;
         let algs: Vec<CoreJwsSigningAlgorithm> = meta
             .id_token_signing_alg_values_supported()
             .iter()
@@ -254,10 +323,7 @@ impl Oidc {
             .cloned()
             .collect();
         if algs.is_empty() {
-            return Err(
-                "the identity provider signs ID tokens with no asymmetric algorithm we accept"
-                    .into(),
-            );
+            return Err(IdpError::NoAsymmetricAlgorithm);
         }
         let basic_auth = meta
             .token_endpoint_auth_methods_supported()
@@ -281,7 +347,7 @@ impl Oidc {
         // Discovery documents carry no keys; fetch them now so the first login is fast.
         let jwks = CoreJsonWebKeySet::fetch_async(&discovered.jwks_uri, &self.http)
             .await
-            .map_err(|e| error_chain(&e))?;
+            .map_err(|e| IdpError::Keys(Box::new(e)))?;
         if let Ok(mut k) = discovered.jwks.write() {
             *k = jwks;
         }
@@ -305,7 +371,7 @@ impl Oidc {
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!(issuer = %me.settings.issuer, error = %e, retry_in = ?delay, "identity provider discovery failed; device sign-in unavailable until it succeeds");
+                        tracing::warn!(issuer = %me.settings.issuer, error = &e as &dyn std::error::Error, retry_in = ?delay, "identity provider discovery failed; device sign-in unavailable until it succeeds");
                     }
                 }
                 tokio::select! {
@@ -327,7 +393,7 @@ impl Oidc {
         url: &url::Url,
         basic_auth: bool,
         mut params: Vec<(&str, String)>,
-    ) -> Result<(reqwest::StatusCode, bytes::Bytes), String> {
+    ) -> Result<(reqwest::StatusCode, bytes::Bytes), IdpError> {
         let mut req = self.http.post(url.clone());
         match &self.settings.client_secret {
             Some(secret) if basic_auth => {
@@ -347,9 +413,9 @@ impl Oidc {
             .form(&params)
             .send()
             .await
-            .map_err(|e| error_chain(&e))?;
+            .map_err(IdpError::Request)?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| error_chain(&e))?;
+        let body = resp.bytes().await.map_err(IdpError::Request)?;
         Ok((status, body))
     }
 
@@ -402,32 +468,33 @@ impl Oidc {
         &self,
         id_token: &str,
         nonce: Option<&Nonce>,
-    ) -> Result<Map<String, Value>, String> {
-        let d = self.current().map_err(|e| e.to_string())?;
-        match self.verify_with(&d, id_token, nonce) {
+    ) -> Result<Map<String, Value>, TokenError> {
+        let d = self.current().map_err(|_| TokenError::NotDiscovered)?;
+        let claims = match self.verify_with(&d, id_token, nonce) {
             Err(ClaimsVerificationError::SignatureVerification(
                 SignatureVerificationError::NoMatchingKey,
             )) => {
-                if self.refresh_jwks(&d).await {
-                    self.verify_with(&d, id_token, nonce)
-                        .map_err(|e| error_chain(&e))?;
-                } else {
-                    return Err("no key of the identity provider matches the token".into());
+                if !self.refresh_jwks(&d).await {
+                    return Err(TokenError::NoMatchingKey);
                 }
+                self.verify_with(&d, id_token, nonce)
+                    .map_err(TokenError::Verification)?
             }
-            other => {
-                other.map_err(|e| error_chain(&e))?;
-            }
-        }
-        // The signature is verified over exactly these bytes: read every claim from them
-        // (openidconnect's typed claims would drop the non-standard ones, like groups).
-        let claims = decode_payload(id_token)?;
-        if let Some(azp) = claims.get("azp").and_then(Value::as_str) {
-            if azp != self.settings.client_id {
-                return Err(format!("azp {azp:?} is not this client"));
+            other => other.map_err(TokenError::Verification)?,
+        };
+        if let Some(azp) = claims.authorized_party() {
+            if **azp != self.settings.client_id {
+                return Err(TokenError::OtherClient(azp.to_string()));
             }
         }
-        Ok(claims)
+        // The verified claims as one JSON object: the standard ones openidconnect typed, and
+        // every other one (groups, a custom user-id claim) kept by `OtherClaims`.
+        match serde_json::to_value(&claims) {
+            Ok(Value::Object(map)) => Ok(map),
+            _ => Err(TokenError::Verification(ClaimsVerificationError::Other(
+                "the verified claims are not a JSON object".into(),
+            ))),
+        }
     }
 
     fn verify_with(
@@ -435,8 +502,8 @@ impl Oidc {
         d: &Discovered,
         id_token: &str,
         nonce: Option<&Nonce>,
-    ) -> Result<(), ClaimsVerificationError> {
-        let token: CoreIdToken = id_token
+    ) -> Result<IdTokenClaims<OtherClaims, CoreGenderClaim>, ClaimsVerificationError> {
+        let token: IdToken = id_token
             .parse()
             .map_err(|e: serde_json::Error| ClaimsVerificationError::Other(e.to_string()))?;
         let jwks = d
@@ -463,14 +530,14 @@ impl Oidc {
             }
         });
         let expected = nonce.cloned();
-        token.claims(&verifier, move |got: Option<&Nonce>| {
+        let claims = token.claims(&verifier, move |got: Option<&Nonce>| {
             match (&expected, got) {
                 (None, _) => Ok(()),
                 (Some(want), Some(got)) if want.secret() == got.secret() => Ok(()),
                 _ => Err("nonce mismatch".to_string()),
             }
         })?;
-        Ok(())
+        Ok(claims.clone())
     }
 
     async fn refresh_jwks(&self, d: &Discovered) -> bool {
@@ -492,7 +559,10 @@ impl Oidc {
                 true
             }
             Err(e) => {
-                tracing::warn!(error = %error_chain(&e), "refreshing the identity provider's keys failed");
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "refreshing the identity provider's keys failed"
+                );
                 false
             }
         }
@@ -541,7 +611,10 @@ impl Oidc {
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %error_chain(&e), "userinfo request failed");
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "userinfo request failed"
+                );
                 return;
             }
         };
@@ -679,7 +752,7 @@ enum Poll {
     Pending,
     SlowDown,
     Done(Result<Approved, FlowError>),
-    Failed(String),
+    Failed(IdpError),
 }
 
 impl DeviceFlow {
@@ -718,7 +791,11 @@ impl DeviceFlow {
                 }
                 Poll::Failed(e) => {
                     failures += 1;
-                    tracing::warn!(error = %e, failures, "device flow poll failed");
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        failures,
+                        "device flow poll failed"
+                    );
                     if failures >= MAX_POLL_FAILURES {
                         return Err(FlowError::Unreachable(e));
                     }
@@ -732,7 +809,7 @@ impl DeviceFlow {
     async fn poll(&self) -> Poll {
         let d = match self.oidc.current() {
             Ok(d) => d,
-            Err(e) => return Poll::Failed(e.to_string()),
+            Err(_) => return Poll::Failed(IdpError::NotDiscovered),
         };
         let Some(token_endpoint) = d.token_endpoint.clone() else {
             return Poll::Done(Err(FlowError::Idp("no token endpoint".into())));
@@ -782,7 +859,7 @@ impl DeviceFlow {
             }));
         }
         if status.is_server_error() {
-            return Poll::Failed(format!("HTTP {status}"));
+            return Poll::Failed(IdpError::Status(status));
         }
         match serde_json::from_slice::<OAuthError>(&body) {
             Ok(e) => match e.error.as_str() {
@@ -817,15 +894,6 @@ fn is_asymmetric(alg: &CoreJwsSigningAlgorithm) -> bool {
     )
 }
 
-fn decode_payload(jwt: &str) -> Result<Map<String, Value>, String> {
-    use base64::Engine;
-    let payload = jwt.split('.').nth(1).ok_or("not a JWT")?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .map_err(|e| format!("payload is not base64url: {e}"))?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("payload is not a JSON object: {e}"))
-}
-
 pub(crate) fn describe_error(status: reqwest::StatusCode, body: &[u8]) -> String {
     match serde_json::from_slice::<OAuthError>(body) {
         Ok(e) => match e.error_description {
@@ -839,16 +907,4 @@ pub(crate) fn describe_error(status: reqwest::StatusCode, body: &[u8]) -> String
 /// RFC 6749 §2.3.1: client credentials in Basic auth are form-encoded first.
 fn form_encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
-/// An error and its causes on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -147,7 +147,7 @@ async fn renew(
     let (status, body) = oidc
         .post_form(&endpoint, d.basic_auth, params)
         .await
-        .map_err(Failure::Unreachable)?;
+        .map_err(|e| Failure::Unreachable(e.to_string()))?;
     if status.is_server_error() {
         return Err(Failure::Unreachable(format!("HTTP {status}")));
     }
@@ -177,7 +177,7 @@ async fn renew(
         )
         .await
         .map_err(|e| match e {
-            FlowError::Unreachable(d) => Failure::Unreachable(d),
+            FlowError::Unreachable(d) => Failure::Unreachable(d.to_string()),
             FlowError::InvalidToken(detail) => {
                 Failure::Refused(format!("the renewed ID token was refused ({detail})"))
             }

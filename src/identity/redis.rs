@@ -43,18 +43,22 @@ fn unreachable(e: impl std::fmt::Display) -> StoreError {
     }
 }
 
+/// `[state] redis_url` cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("[state] redis_url is not a valid Redis URL ({kind})")]
+pub struct BadRedisUrl {
+    /// What kind of mistake: the library's error text may quote the URL and its password, so
+    /// only its kind is kept.
+    kind: String,
+}
+
 impl Redis {
     /// Parses the URL (`redis://`, `rediss://` for TLS; `redis://:password@host:port/db`).
     /// Connects on first use, so a gateway starts even while Redis is down.
-    pub fn open(url: &SecretString) -> Result<Arc<Redis>, String> {
-        let client = redis::Client::open(url.expose_secret())
-            // The error text may quote the URL (and its password): say only what kind it is.
-            .map_err(|e| {
-                format!(
-                    "[state] redis_url is not a valid Redis URL ({:?})",
-                    e.kind()
-                )
-            })?;
+    pub fn open(url: &SecretString) -> Result<Arc<Redis>, BadRedisUrl> {
+        let client = redis::Client::open(url.expose_secret()).map_err(|e| BadRedisUrl {
+            kind: format!("{:?}", e.kind()),
+        })?;
         Ok(Arc::new(Redis {
             client,
             conn: tokio::sync::Mutex::new(None),
@@ -115,7 +119,8 @@ impl Redis {
     }
 }
 
-fn key(kind: &str, id: &str) -> String {
+/// A key of ours: `hermes:<kind>:<id>`.
+pub(crate) fn key(kind: &str, id: &str) -> String {
     format!("{PREFIX}{kind}:{id}")
 }
 
@@ -419,77 +424,6 @@ impl RedisBans {
             .redis
             .query::<()>(redis::cmd("DEL").arg(key("fail", &ip.to_string())))
             .await;
-    }
-}
-
-/// Every node's live sessions, each node's list under `hermes:node:<id>` with a short expiry
-/// refreshed by a heartbeat, so a node that dies drops out by itself.
-pub struct SessionDirectory {
-    redis: Arc<Redis>,
-    node: String,
-}
-
-/// How long a node's list lives without a heartbeat.
-pub const NODE_TTL: Duration = Duration::from_secs(15);
-
-impl SessionDirectory {
-    /// The directory as node `node`.
-    pub fn new(redis: Arc<Redis>, node: String) -> SessionDirectory {
-        SessionDirectory { redis, node }
-    }
-
-    /// This node's id.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
-    /// Publishes this node's sessions (a JSON array).
-    pub async fn publish(&self, sessions_json: String) -> Result<(), StoreError> {
-        self.redis
-            .query::<()>(
-                redis::cmd("SET")
-                    .arg(key("node", &self.node))
-                    .arg(sessions_json)
-                    .arg("PX")
-                    .arg(NODE_TTL.as_millis() as u64),
-            )
-            .await?;
-        self.redis
-            .query::<()>(
-                redis::cmd("SADD")
-                    .arg(format!("{PREFIX}nodes"))
-                    .arg(&self.node),
-            )
-            .await
-    }
-
-    /// Every node's sessions, as (node, session JSON) pairs.
-    pub async fn all(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
-        let nodes: Vec<String> = self
-            .redis
-            .query(redis::cmd("SMEMBERS").arg(format!("{PREFIX}nodes")))
-            .await?;
-        if nodes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = nodes.iter().map(|n| key("node", n)).collect();
-        let values: Vec<Option<String>> = self.redis.query(redis::cmd("MGET").arg(&keys)).await?;
-        let mut out = Vec::new();
-        for (node, v) in nodes.into_iter().zip(values) {
-            match v.and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok()) {
-                Some(serde_json::Value::Array(list)) => {
-                    out.extend(list.into_iter().map(|s| (node.clone(), s)));
-                }
-                // The node's heartbeat expired: it is gone.
-                _ => {
-                    let _ = self
-                        .redis
-                        .query::<()>(redis::cmd("SREM").arg(format!("{PREFIX}nodes")).arg(&node))
-                        .await;
-                }
-            }
-        }
-        Ok(out)
     }
 }
 

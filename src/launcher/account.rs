@@ -86,7 +86,7 @@ pub enum AccountError {
         /// The user id.
         user: String,
         /// Why.
-        detail: String,
+        detail: BadAccountName,
     },
     /// Neither the map nor a template names an account for the user.
     #[error("user {user}: no account is configured for this user ([session.accounts] has no entry and run_as is unset)")]
@@ -318,9 +318,50 @@ fn marker_tag(user: &UserId) -> String {
     h.iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
 
+/// Why a template cannot make an account name for a user id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadAccountName {
+    /// Longer than account names may be.
+    #[error("{name:?} is {} characters long, more than {} allowed; use a shorter run_as or a [session.accounts] entry", name.len(), crate::config::MAX_ACCOUNT_NAME)]
+    TooLong {
+        /// The name the template made.
+        name: String,
+    },
+    /// Not a name `useradd` accepts.
+    #[error("{name:?} is not a valid account name (it must start with a letter or '_')")]
+    Invalid {
+        /// The name the template made.
+        name: String,
+    },
+}
+
+/// Why this process cannot run programs as other accounts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MissingPrivilege {
+    /// `create_accounts` runs `useradd`.
+    #[error("[session] create_accounts needs root (useradd); the gateway runs as uid {uid}")]
+    NotRootForUseradd {
+        /// The gateway's effective uid.
+        uid: u32,
+    },
+    /// Capabilities that switching accounts needs are missing.
+    #[error("[session] run_as / [session.accounts] need root or the capabilities {needed}; the gateway runs as uid {uid} without {missing} (remove run_as to run every program as this account)")]
+    Capabilities {
+        /// The gateway's effective uid.
+        uid: u32,
+        /// All that are needed.
+        needed: String,
+        /// Those it lacks.
+        missing: String,
+    },
+}
+
 /// Expands `template` for `user_id`: lower-cased, and every character an account name cannot
 /// hold becomes `_`. Errors say why the result is still not a valid name.
-pub fn name_from_template(template: &AccountTemplate, user_id: &str) -> Result<String, String> {
+pub fn name_from_template(
+    template: &AccountTemplate,
+    user_id: &str,
+) -> Result<String, BadAccountName> {
     let safe: String = user_id
         .chars()
         .map(|c| {
@@ -335,16 +376,10 @@ pub fn name_from_template(template: &AccountTemplate, user_id: &str) -> Result<S
     let (before, after) = template.parts();
     let name = format!("{before}{safe}{after}");
     if name.len() > crate::config::MAX_ACCOUNT_NAME {
-        return Err(format!(
-            "{name:?} is {} characters long, more than {} allowed; use a shorter run_as or a [session.accounts] entry",
-            name.len(),
-            crate::config::MAX_ACCOUNT_NAME
-        ));
+        return Err(BadAccountName::TooLong { name });
     }
     if !is_account_name(&name) {
-        return Err(format!(
-            "{name:?} is not a valid account name (it must start with a letter or '_')"
-        ));
+        return Err(BadAccountName::Invalid { name });
     }
     Ok(name)
 }
@@ -352,16 +387,13 @@ pub fn name_from_template(template: &AccountTemplate, user_id: &str) -> Result<S
 /// Whether this process may run programs as other accounts: root, or the capabilities that
 /// switching, signalling and per-user directories need (and root for `create_accounts`, which
 /// runs `useradd`).
-pub fn check_privileges(create_accounts: bool) -> Result<(), String> {
+pub fn check_privileges(create_accounts: bool) -> Result<(), MissingPrivilege> {
     let euid = rustix::process::geteuid();
     if euid.is_root() {
         return Ok(());
     }
     if create_accounts {
-        return Err(format!(
-            "[session] create_accounts needs root (useradd); the gateway runs as uid {}",
-            euid.as_raw()
-        ));
+        return Err(MissingPrivilege::NotRootForUseradd { uid: euid.as_raw() });
     }
     let caps = std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -390,12 +422,15 @@ pub fn check_privileges(create_accounts: bool) -> Result<(), String> {
     if missing.is_empty() {
         return Ok(());
     }
-    Err(format!(
-        "[session] run_as / [session.accounts] need root or the capabilities {}; the gateway runs as uid {} without {} (remove run_as to run every program as this account)",
-        NEEDED.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", "),
-        euid.as_raw(),
-        missing.join(", ")
-    ))
+    Err(MissingPrivilege::Capabilities {
+        uid: euid.as_raw(),
+        needed: NEEDED
+            .iter()
+            .map(|(_, n)| *n)
+            .collect::<Vec<_>>()
+            .join(", "),
+        missing: missing.join(", "),
+    })
 }
 
 #[cfg(test)]
@@ -419,10 +454,12 @@ mod tests {
         assert_eq!(name_from_template(&tpl, "a b:c").unwrap(), "hermes-a_b_c");
         assert!(name_from_template(&tpl, &"x".repeat(40))
             .unwrap_err()
+            .to_string()
             .contains("more than 32"));
         // A bare template cannot produce a name starting with a digit.
         assert!(name_from_template(&t("{user_id}"), "1abc")
             .unwrap_err()
+            .to_string()
             .contains("must start"));
     }
 

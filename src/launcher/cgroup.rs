@@ -55,11 +55,45 @@ impl LimitHit {
     }
 }
 
+/// Why there is no cgroup hierarchy the gateway can use (session limits then use rlimits only).
+#[derive(Debug, thiserror::Error)]
+pub enum NoCgroups {
+    /// A cgroup file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// Neither v1 hierarchy has the controllers, and there is no v2 one.
+    #[error("no cgroup hierarchy with the memory or pids controller")]
+    NoControllers,
+    /// The v1 hierarchies exist but the gateway may not make its directory in them.
+    #[error("the cgroup v1 memory and pids hierarchies are not writable")]
+    V1NotWritable,
+    /// The v2 controllers are not handed down to the gateway's cgroup.
+    #[error("cgroup v2 at {}: the memory and pids controllers are not delegated to the gateway (available: {available:?})", at.display())]
+    NotDelegated {
+        /// The gateway's cgroup.
+        at: PathBuf,
+        /// The controllers it has.
+        available: String,
+    },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> NoCgroups + '_ {
+    move |source| NoCgroups::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
 impl Cgroups {
     /// Finds a usable cgroup hierarchy for `memory` and `pids`, or says why there is none.
-    pub fn detect() -> Result<Cgroups, String> {
+    pub fn detect() -> Result<Cgroups, NoCgroups> {
         let own = fs::read_to_string("/proc/self/cgroup")
-            .map_err(|e| format!("reading /proc/self/cgroup: {e}"))?;
+            .map_err(io_at(Path::new("/proc/self/cgroup")))?;
         let v1_path = |controller: &str| {
             own.lines().find_map(|l| {
                 let mut parts = l.splitn(3, ':');
@@ -76,7 +110,7 @@ impl Cgroups {
             if let Some(path) = own.lines().find_map(|l| l.strip_prefix("0::")) {
                 return detect_v2(path);
             }
-            return Err("no cgroup hierarchy with the memory or pids controller".into());
+            return Err(NoCgroups::NoControllers);
         }
         let base = |ctrl: &str, path: Option<String>| -> Option<PathBuf> {
             let path = path?;
@@ -95,7 +129,7 @@ impl Cgroups {
         let memory = base("memory", v1_memory);
         let pids = base("pids", v1_pids);
         if memory.is_none() && pids.is_none() {
-            return Err("the cgroup v1 memory and pids hierarchies are not writable".into());
+            return Err(NoCgroups::V1NotWritable);
         }
         Ok(Cgroups {
             kind: Kind::V1 { memory, pids },
@@ -194,7 +228,7 @@ impl Cgroups {
     }
 }
 
-fn detect_v2(own: &str) -> Result<Cgroups, String> {
+fn detect_v2(own: &str) -> Result<Cgroups, NoCgroups> {
     let root = Path::new("/sys/fs/cgroup");
     let root = if root.join("cgroup.controllers").exists() {
         root.to_owned()
@@ -202,15 +236,14 @@ fn detect_v2(own: &str) -> Result<Cgroups, String> {
         root.join("unified")
     };
     let mine = root.join(own.trim_start_matches('/'));
-    let available = fs::read_to_string(mine.join("cgroup.controllers"))
-        .map_err(|e| format!("{}: {e}", mine.join("cgroup.controllers").display()))?;
+    let controllers = mine.join("cgroup.controllers");
+    let available = fs::read_to_string(&controllers).map_err(io_at(&controllers))?;
     let has = |c: &str| available.split_whitespace().any(|x| x == c);
     if !has("memory") || !has("pids") {
-        return Err(format!(
-            "cgroup v2 at {}: the memory and pids controllers are not delegated to the gateway (available: {:?})",
-            mine.display(),
-            available.trim()
-        ));
+        return Err(NoCgroups::NotDelegated {
+            at: mine,
+            available: available.trim().to_owned(),
+        });
     }
     let enabled = fs::read_to_string(mine.join("cgroup.subtree_control")).unwrap_or_default();
     let on = |c: &str| enabled.split_whitespace().any(|x| x == c);
@@ -218,14 +251,14 @@ fn detect_v2(own: &str) -> Result<Cgroups, String> {
         // v2's "no internal processes" rule: controllers can be handed to children only when
         // this cgroup holds no process, so the gateway moves into a leaf of its own first.
         let leaf = mine.join("gateway");
-        fs::create_dir_all(&leaf).map_err(|e| format!("{}: {e}", leaf.display()))?;
+        fs::create_dir_all(&leaf).map_err(io_at(&leaf))?;
         let procs = fs::read_to_string(mine.join("cgroup.procs")).unwrap_or_default();
         for pid in procs.split_whitespace() {
             // Threads follow their process in v2; another process here would block the switch.
             let _ = write(&leaf.join("cgroup.procs"), pid);
         }
-        write(&mine.join("cgroup.subtree_control"), "+memory +pids")
-            .map_err(|e| format!("enabling memory and pids in {}: {e}", mine.display()))?;
+        let control = mine.join("cgroup.subtree_control");
+        write(&control, "+memory +pids").map_err(io_at(&control))?;
     }
     Ok(Cgroups {
         kind: Kind::V2 { parent: mine },

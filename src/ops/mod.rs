@@ -5,10 +5,12 @@
 
 pub mod admin;
 pub mod audit;
+pub mod directory;
 pub mod memory;
 pub mod metrics;
 pub mod recording;
 pub mod sessions;
+pub mod shutdown;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use crate::launcher::LimitHit;
 pub use audit::AuditLog;
 pub use metrics::Metrics;
 pub use sessions::{now_ms, LiveSession, SessionGuard, SessionRegistry};
+pub use shutdown::Shutdown;
 
 /// How an authentication attempt was made: the methods an identity can have, plus
 /// `keyboard-interactive`, the SSH step that admits a connection to a device sign-in. One
@@ -481,15 +484,6 @@ impl Event {
             }
         })
     }
-}
-
-/// The two stages of a graceful shutdown, shared by every front.
-#[derive(Debug, Clone, Default)]
-pub struct Shutdown {
-    /// Stop accepting; sessions tell their users the gateway is going down.
-    pub draining: tokio_util::sync::CancellationToken,
-    /// End every session now (programs get SIGHUP, then SIGKILL) and close connections.
-    pub terminate: tokio_util::sync::CancellationToken,
 }
 
 /// Where events go.

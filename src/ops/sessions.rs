@@ -7,8 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 
+use super::directory::SessionDirectory;
 use super::{Front, Method};
-use crate::identity::redis::SessionDirectory;
 use crate::identity::UserId;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;

@@ -53,7 +53,7 @@ impl Outbox {
     /// model, so a client may skip output and be given the screen later.
     pub(super) fn start(
         sink: Sink,
-        first: Option<Vec<u8>>,
+        first: Option<tokio::sync::oneshot::Receiver<Vec<u8>>>,
         session: Weak<Running>,
         gone: CancellationToken,
         resyncs: bool,
@@ -69,13 +69,10 @@ impl Outbox {
             return (Outbox::Direct { sink, gone }, flush);
         }
         let (tx, rx) = mpsc::channel(QUEUE);
-        if let Some(first) = first.filter(|b| !b.is_empty()) {
-            // A fresh queue has room.
-            let _ = tx.try_send(Bytes::from(first));
-        }
         let lagging = Arc::new(AtomicBool::new(false));
         tokio::spawn(write_out(
             sink,
+            first,
             rx,
             Writer {
                 session,
@@ -92,9 +89,10 @@ impl Outbox {
         (outbox, flush)
     }
 
-    /// Hands the client program output: queued, waiting only for the owner's own client and
-    /// only up to the grace; or written in place. Returns false when the client failed.
-    pub(super) async fn output(&mut self, chunk: &[u8]) -> bool {
+    /// Hands the client program output (`shared`: the same bytes, already copied for the
+    /// session): queued, waiting only for the owner's own client and only up to the grace; or
+    /// written in place. Returns false when the client failed.
+    pub(super) async fn output(&mut self, chunk: &[u8], shared: Option<&Bytes>) -> bool {
         let (tx, lagging, watcher) = match self {
             Outbox::Direct { sink, gone } => {
                 if sink.write_all(chunk).await.is_err() {
@@ -112,7 +110,9 @@ impl Outbox {
         if lagging.load(Ordering::Acquire) {
             return true;
         }
-        let chunk = Bytes::copy_from_slice(chunk);
+        let chunk = shared
+            .cloned()
+            .unwrap_or_else(|| Bytes::copy_from_slice(chunk));
         if let Err(mpsc::error::TrySendError::Full(chunk)) = tx.try_send(chunk) {
             let waited = !watcher && tokio::time::timeout(GRACE, tx.send(chunk)).await.is_ok();
             if !waited {
@@ -144,8 +144,27 @@ struct Writer {
 
 /// Writes the queue to the client until the session lets it go (the queue is closed and
 /// drained), the client fails, or the front stops it.
-async fn write_out(mut sink: Sink, mut rx: mpsc::Receiver<Bytes>, w: Writer) {
+async fn write_out(
+    mut sink: Sink,
+    first: Option<tokio::sync::oneshot::Receiver<Vec<u8>>>,
+    mut rx: mpsc::Receiver<Bytes>,
+    w: Writer,
+) {
     let _done = w.flush.done.clone().drop_guard();
+    // The screen as it stood when the client joined, before any of the output queued since.
+    if let Some(first) = first {
+        let screen = tokio::select! {
+            s = first => s.unwrap_or_default(),
+            _ = w.flush.stop.cancelled() => return,
+        };
+        let written = tokio::select! {
+            r = sink.write_all(&screen) => r.is_ok(),
+            _ = w.flush.stop.cancelled() => return,
+        };
+        if !written {
+            return failed(&w, rx).await;
+        }
+    }
     let mut batch = bytes::BytesMut::new();
     loop {
         let chunk = match rx.try_recv() {
@@ -169,17 +188,21 @@ async fn write_out(mut sink: Sink, mut rx: mpsc::Receiver<Bytes>, w: Writer) {
         let chunk = coalesce(chunk, &mut rx, &mut batch);
         tokio::select! {
             r = sink.write_all(&chunk) => if r.is_err() {
-                w.gone.cancel();
-                // Closed first: the session may be waiting on this very queue while holding
-                // the lock that dropping the client takes.
-                drop(rx);
-                if let Some(s) = w.session.upgrade() {
-                    s.drop_failed().await;
-                }
-                return;
+                return failed(&w, rx).await;
             },
             _ = w.flush.stop.cancelled() => break,
         }
+    }
+}
+
+/// The client could not be written to: its front is told, and the session drops it.
+async fn failed(w: &Writer, rx: mpsc::Receiver<Bytes>) {
+    w.gone.cancel();
+    // Closed first: the session may be waiting on this very queue while holding the lock that
+    // dropping the client takes.
+    drop(rx);
+    if let Some(s) = w.session.upgrade() {
+        s.drop_failed().await;
     }
 }
 

@@ -22,6 +22,7 @@ use crate::launcher::TermSize;
 use crate::ops::LiveSession;
 
 mod client;
+mod model;
 pub mod supervise;
 
 /// Where a client's output goes.
@@ -69,7 +70,7 @@ pub struct Running {
     size: Mutex<TermSize>,
     /// The terminal model; absent when the session cannot be reattached (no detach timeout),
     /// which spares every byte of output the parsing.
-    screen: Option<Mutex<vt100::Parser>>,
+    model: Option<model::Model>,
     clients: tokio::sync::Mutex<Vec<Client>>,
     /// Whether a client that is not a watcher is attached.
     attached: watch::Sender<bool>,
@@ -154,7 +155,7 @@ impl Running {
             live,
             pty,
             size: Mutex::new(size),
-            screen: scrollback.map(|n| Mutex::new(vt100::Parser::new(size.rows, size.cols, n))),
+            model: scrollback.map(|n| model::Model::start(size, n)),
             clients: tokio::sync::Mutex::new(Vec::new()),
             attached: watch::channel(false).0,
             outcome: watch::channel(None).0,
@@ -171,21 +172,18 @@ impl Running {
         let mut clients = self.clients.lock().await;
         let gone = CancellationToken::new();
         let size: ClientSize = Arc::new(Mutex::new(joining.size));
-        // Taken under the clients lock: no output falls between the screen and the live stream.
+        // Asked for under the clients lock: no output falls between the screen and the live
+        // stream.
         let first = joining
             .restore
-            .then(|| {
-                self.screen
-                    .as_ref()
-                    .map(|m| restore_bytes(lock(m).screen()))
-            })
+            .then(|| self.model.as_ref().map(model::Model::screen))
             .flatten();
         let (out, flush) = client::Outbox::start(
             sink,
             first,
             Arc::downgrade(self),
             gone.clone(),
-            self.screen.is_some(),
+            self.model.is_some(),
             joining.watcher,
         );
         let attachment = Attachment {
@@ -233,10 +231,13 @@ impl Running {
     /// The screen as it stands, for a client that missed output; from now on it gets output
     /// again (`lagging` is cleared under the clients lock, so nothing falls in between).
     async fn resync(&self, lagging: &std::sync::atomic::AtomicBool) -> Vec<u8> {
-        let _clients = self.clients.lock().await;
-        lagging.store(false, std::sync::atomic::Ordering::Release);
-        match &self.screen {
-            Some(m) => restore_bytes(lock(m).screen()),
+        let screen = {
+            let _clients = self.clients.lock().await;
+            lagging.store(false, std::sync::atomic::Ordering::Release);
+            self.model.as_ref().map(model::Model::screen)
+        };
+        match screen {
+            Some(s) => s.await.unwrap_or_default(),
             None => Vec::new(),
         }
     }
@@ -320,8 +321,8 @@ impl Running {
         }
         *now = size;
         let _ = self.pty.resize(size);
-        if let Some(m) = &self.screen {
-            lock(m).screen_mut().set_size(size.rows, size.cols);
+        if let Some(m) = &self.model {
+            m.resize(size);
         }
     }
 
@@ -330,12 +331,17 @@ impl Running {
     /// later given the screen). A client that failed is dropped.
     pub async fn output(&self, chunk: &[u8]) {
         let mut clients = self.clients.lock().await;
-        if let Some(m) = &self.screen {
-            lock(m).process(chunk);
+        // One copy, shared by the model and every queued client.
+        let shared = self
+            .model
+            .as_ref()
+            .map(|_| bytes::Bytes::copy_from_slice(chunk));
+        if let (Some(m), Some(b)) = (&self.model, &shared) {
+            m.output(b.clone()).await;
         }
         let mut failed = false;
         for c in clients.iter_mut() {
-            failed |= !c.out.output(chunk).await;
+            failed |= !c.out.output(chunk, shared.as_ref()).await;
         }
         if failed {
             clients.retain(|c| !c.gone.is_cancelled());
@@ -520,21 +526,6 @@ pub fn take_over(
     });
 }
 
-/// Escape sequences that put a fresh terminal into the state `screen` describes: the right
-/// screen (main or alternate), its contents with colours and attributes, the cursor, and the
-/// input modes the program set (keypad, cursor keys, bracketed paste, mouse).
-fn restore_bytes(screen: &vt100::Screen) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(if screen.alternate_screen() {
-        b"\x1b[?1049h"
-    } else {
-        b"\x1b[?1049l"
-    });
-    out.extend_from_slice(&screen.state_formatted());
-    out.extend_from_slice(&screen.cursor_state_formatted());
-    out
-}
-
 /// A short id users can type: 6 characters of lowercase base32.
 fn new_id() -> String {
     use rand::Rng as _;
@@ -639,31 +630,4 @@ pub struct DetachPolicy {
     pub scrollback: usize,
     /// Most detached sessions per user; the longest-detached beyond it end.
     pub max_per_user: usize,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_restored_screen_matches_the_original() {
-        let mut a = vt100::Parser::new(10, 40, 100);
-        a.process(
-            b"\x1b[31mred\x1b[0m plain\r\n\x1b[?1049h\x1b[1;44mALT\x1b[0m\x1b[?2004h\x1b[5;7H",
-        );
-        let mut b = vt100::Parser::new(10, 40, 100);
-        b.process(b"garbage that was on the new terminal\r\n");
-        b.process(&restore_bytes(a.screen()));
-        assert_eq!(
-            a.screen().contents_formatted(),
-            b.screen().contents_formatted()
-        );
-        assert!(b.screen().alternate_screen());
-        assert!(b.screen().bracketed_paste());
-        assert_eq!(a.screen().cursor_position(), b.screen().cursor_position());
-        assert_eq!(
-            b.screen().cell(0, 0).unwrap().bgcolor(),
-            vt100::Color::Idx(4)
-        );
-    }
 }

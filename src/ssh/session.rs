@@ -886,7 +886,10 @@ impl Job {
                 } else {
                     tracing::info!(reason = %e, "device sign-in failed");
                     if let crate::identity::oidc::FlowError::InvalidToken(detail) = &e {
-                        tracing::warn!(detail, "ID token refused");
+                        tracing::warn!(
+                            detail = detail as &dyn std::error::Error,
+                            "ID token refused"
+                        );
                     }
                     self.refuse(&format!("hermes-ssh-gateway: {e}")).await;
                 }

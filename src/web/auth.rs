@@ -425,7 +425,10 @@ async fn finish_login(
         }
         Err(e) => {
             if let crate::identity::oidc::FlowError::InvalidToken(detail) = &e {
-                tracing::warn!(detail, "ID token refused (browser login)");
+                tracing::warn!(
+                    detail = detail as &dyn std::error::Error,
+                    "ID token refused (browser login)"
+                );
             }
             tracing::info!(reason = %e, "browser login failed");
             Err(refuse(
