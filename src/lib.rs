@@ -1,8 +1,18 @@
 //! hermes-ssh-gateway: an SSH gateway that runs a terminal program (by default `hermes --tui`)
 //! and tells it who is typing.
 //!
-//! Module map (arrows point one way): `ssh` → `identity`, `launcher` → `config`.
-//! The identity core and the launcher know no front; `main.rs` only wires things.
+//! Module map (every arrow points one way; nothing points back at a front):
+//!
+//! ```text
+//! ssh ──┐                ┌─► identity   who someone is: keys, OIDC, tickets, shared state
+//!       ├─► sessions ──► ├─► launcher   running a program for an identity, confined
+//! web ──┘   (PTY core)   └─► ops        audit, metrics, live sessions, shutdown, admin socket
+//! tui: screens (sign-in, picker, admin console)     config: gateway.toml as types
+//! ```
+//!
+//! The fronts (`ssh`, `web`) never import each other; `identity` imports neither russh nor
+//! axum; `launcher` knows no front. The binary's `main.rs` is the command line and its
+//! `startup.rs` assembles these parts from a `Config`.
 
 // Audited exceptions: launcher::process (registering owned fds with the reactor; the pre_exec
 // hook), launcher::confine (the system calls the child makes before exec), launcher::reaper

@@ -1,7 +1,8 @@
-//! The identity core: user ids, identities and the key registry.
+//! The identity core: user ids, identities, the key registry, the identity provider, tickets
+//! and the state nodes share.
 //!
-//! This module is shared by every front (SSH today, the web later) and therefore imports neither
-//! russh nor axum: keys are `ssh_key` types, identities are plain data.
+//! Both fronts (SSH and the web) use it, so it imports neither russh nor axum: keys are
+//! `ssh_key` types, identities are plain data.
 
 pub mod claims;
 pub mod key_options;

@@ -42,9 +42,14 @@ impl fmt::Display for AuthMethod {
     }
 }
 
-/// An authenticated principal. Only code that has checked a credential constructs one; anything
-/// that launches a program takes an `Identity`, so nothing unauthenticated can ever be launched.
+/// An authenticated principal; anything that launches a program takes an `Identity`.
+///
+/// Who can make one: inside this crate only the identity core builds one (a mapped key, an
+/// enrollment, the identity provider's verified token) or reads one back from a store it
+/// wrote (tickets and enrollments, hence `Deserialize`); the fronts only receive them.
+/// `#[non_exhaustive]` keeps code outside the crate from building one with a struct literal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Identity {
     /// The user id every program and log sees.
     pub user_id: UserId,

@@ -125,10 +125,24 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_owned())
+}
+
+/// A `Set-Cookie` value: host-only, HttpOnly, SameSite=Lax, `Secure` behind HTTPS.
+fn build_cookie(name: &'static str, value: &str, max_age: Duration, secure: bool) -> String {
+    cookie::Cookie::build((name, value.to_owned()))
+        .path("/")
+        .http_only(true)
+        .same_site(cookie::SameSite::Lax)
+        .max_age(cookie::time::Duration::seconds(
+            i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX),
+        ))
+        .secure(secure)
+        .build()
+        .to_string()
 }
 
 fn cookie_value(ctx: &WebContext, headers: &HeaderMap) -> Option<String> {
@@ -146,15 +160,12 @@ fn session_identity(ctx: &WebContext, headers: &HeaderMap) -> Option<Identity> {
 }
 
 fn set_cookie(ctx: &WebContext, value: &str, max_age: Duration) -> String {
-    let (name, secure) = if ctx.secure_cookies() {
-        (SESSION_COOKIE_HOST, "; Secure")
+    let name = if ctx.secure_cookies() {
+        SESSION_COOKIE_HOST
     } else {
-        (SESSION_COOKIE, "")
+        SESSION_COOKIE
     };
-    format!(
-        "{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
-        max_age.as_secs()
-    )
+    build_cookie(name, value, max_age, ctx.secure_cookies())
 }
 
 fn login_cookie_name(ctx: &WebContext) -> &'static str {
@@ -166,12 +177,7 @@ fn login_cookie_name(ctx: &WebContext) -> &'static str {
 }
 
 fn set_login_cookie(ctx: &WebContext, value: &str, max_age: Duration) -> String {
-    format!(
-        "{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
-        login_cookie_name(ctx),
-        max_age.as_secs(),
-        if ctx.secure_cookies() { "; Secure" } else { "" }
-    )
+    build_cookie(login_cookie_name(ctx), value, max_age, ctx.secure_cookies())
 }
 
 fn signin_page(ctx: &WebContext, message: &str, status: StatusCode) -> Response {

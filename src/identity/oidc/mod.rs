@@ -28,6 +28,12 @@ use tokio_util::sync::CancellationToken;
 use super::claims::{ClaimPolicy, Refusal};
 use super::{AuthMethod, Identity};
 
+mod browser;
+mod device;
+
+pub use browser::AuthRequest;
+pub use device::{Approved, Challenge, DeviceFlow};
+
 /// RFC 8628 §3.2: the polling interval when the IdP sends none.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 /// RFC 8628 §3.5: how much `slow_down` adds.
@@ -191,30 +197,6 @@ pub enum TokenError {
     NotDiscovered,
 }
 
-/// What the user is shown to approve a sign-in.
-#[derive(Debug, Clone)]
-pub struct Challenge {
-    /// Where to enter the code.
-    pub verification_uri: String,
-    /// The same with the code filled in (preferred when present).
-    pub verification_uri_complete: Option<String>,
-    /// The code.
-    pub user_code: String,
-    /// When the code stops working.
-    pub expires_at: Instant,
-    /// The initial polling interval.
-    pub interval: Duration,
-}
-
-impl Challenge {
-    /// The URL to show first (and encode in the QR code).
-    pub fn best_uri(&self) -> &str {
-        self.verification_uri_complete
-            .as_deref()
-            .unwrap_or(&self.verification_uri)
-    }
-}
-
 /// The identity provider client, shared by every login.
 pub struct Oidc {
     settings: OidcSettings,
@@ -232,44 +214,6 @@ impl std::fmt::Debug for Oidc {
             .field("ready", &self.is_ready())
             .finish()
     }
-}
-
-#[derive(Deserialize)]
-struct DeviceAuthResponse {
-    device_code: SecretString,
-    user_code: String,
-    #[serde(alias = "verification_url")]
-    verification_uri: String,
-    #[serde(default)]
-    verification_uri_complete: Option<String>,
-    expires_in: u64,
-    #[serde(default)]
-    interval: Option<u64>,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct TokenResponse {
-    pub(crate) id_token: Option<String>,
-    pub(crate) access_token: Option<SecretString>,
-    /// Present when the IdP granted `offline_access`: what re-checks an enrollment later.
-    #[serde(default)]
-    pub(crate) refresh_token: Option<SecretString>,
-}
-
-/// A device sign-in the identity provider approved.
-#[derive(Debug)]
-pub struct Approved {
-    /// Who signed in.
-    pub identity: Identity,
-    /// The refresh token, when the IdP issued one (`offline_access`).
-    pub refresh_token: Option<SecretString>,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct OAuthError {
-    pub(crate) error: String,
-    #[serde(default)]
-    error_description: Option<String>,
 }
 
 impl Oidc {
@@ -361,24 +305,26 @@ impl Oidc {
     /// Retries discovery in the background until it succeeds (or `shutdown`), so an IdP that is
     /// down at start does not stop the gateway: key logins work meanwhile.
     pub fn spawn_discovery(self: &Arc<Self>, shutdown: CancellationToken) {
+        use backon::Retryable;
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            let mut delay = Duration::from_secs(1);
-            loop {
-                match me.discover().await {
-                    Ok(()) => {
-                        tracing::info!(issuer = %me.settings.issuer, "identity provider discovered");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(issuer = %me.settings.issuer, error = &e as &dyn std::error::Error, retry_in = ?delay, "identity provider discovery failed; device sign-in unavailable until it succeeds");
-                    }
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(30));
+            // 1 s, doubling, at most 30 s apart, for as long as it takes.
+            let backoff = backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_secs(1))
+                .with_max_delay(Duration::from_secs(30))
+                .without_max_times();
+            let issuer = me.settings.issuer.clone();
+            let discovered = (|| me.discover())
+                .retry(backoff)
+                .sleep(tokio::time::sleep)
+                .notify(|e: &IdpError, retry_in: Duration| {
+                    tracing::warn!(issuer = %issuer, error = e as &dyn std::error::Error, ?retry_in, "identity provider discovery failed; device sign-in unavailable until it succeeds");
+                });
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                r = discovered => if r.is_ok() {
+                    tracing::info!(issuer = %me.settings.issuer, "identity provider discovered");
+                },
             }
         });
     }
@@ -417,45 +363,6 @@ impl Oidc {
         let status = resp.status();
         let body = resp.bytes().await.map_err(IdpError::Request)?;
         Ok((status, body))
-    }
-
-    /// Starts a device authorization (RFC 8628 §3.1).
-    pub async fn start_device_flow(self: &Arc<Self>) -> Result<DeviceFlow, FlowError> {
-        let d = self.current()?;
-        let endpoint = d.device_endpoint.clone().ok_or(FlowError::NoDeviceFlow)?;
-        let (status, body) = self
-            .post_form(
-                &endpoint,
-                d.basic_auth,
-                vec![("scope", self.settings.scopes.join(" "))],
-            )
-            .await
-            .map_err(FlowError::Unreachable)?;
-        if !status.is_success() {
-            return Err(FlowError::Idp(describe_error(status, &body)));
-        }
-        let r: DeviceAuthResponse = serde_json::from_slice(&body).map_err(|e| {
-            FlowError::Idp(format!("unreadable device authorization response: {e}"))
-        })?;
-        let interval = r
-            .interval
-            .filter(|s| *s > 0)
-            .map(Duration::from_secs)
-            .unwrap_or(DEFAULT_INTERVAL);
-        let challenge = Challenge {
-            verification_uri: r.verification_uri,
-            verification_uri_complete: r.verification_uri_complete,
-            user_code: r.user_code,
-            expires_at: Instant::now() + Duration::from_secs(r.expires_in.min(24 * 3600)),
-            interval,
-        };
-        Ok(DeviceFlow {
-            oidc: Arc::clone(self),
-            device_code: r.device_code,
-            challenge,
-            interval,
-            polls: 0,
-        })
     }
 
     /// Validates an ID token and returns all its claims.
@@ -656,227 +563,6 @@ impl Oidc {
     }
 }
 
-/// A browser login to start: send the user to `url`, remember the rest until the callback.
-#[derive(Debug)]
-pub struct AuthRequest {
-    /// The IdP's authorization URL with every parameter.
-    pub url: url::Url,
-    /// `state` (CSRF protection of the callback).
-    pub state: String,
-    /// `nonce` (binds the ID token to this login).
-    pub nonce: String,
-    /// PKCE verifier (S256).
-    pub pkce_verifier: SecretString,
-}
-
-impl Oidc {
-    /// An authorization-code request with PKCE (S256), `state` and `nonce`.
-    pub fn authorization_request(&self, redirect_uri: &str) -> Result<AuthRequest, FlowError> {
-        use base64::Engine;
-        use sha2::Digest;
-        let mut url = self.authorization_endpoint()?;
-        let state = super::tickets::random_token();
-        let nonce = super::tickets::random_token();
-        let verifier = super::tickets::random_token();
-        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(sha2::Sha256::digest(verifier.expose_secret().as_bytes()));
-        url.query_pairs_mut()
-            .append_pair("response_type", "code")
-            .append_pair("client_id", &self.settings.client_id)
-            .append_pair("redirect_uri", redirect_uri)
-            .append_pair("scope", &self.settings.scopes.join(" "))
-            .append_pair("state", state.expose_secret())
-            .append_pair("nonce", nonce.expose_secret())
-            .append_pair("code_challenge", &challenge)
-            .append_pair("code_challenge_method", "S256");
-        Ok(AuthRequest {
-            url,
-            state: state.expose_secret().to_owned(),
-            nonce: nonce.expose_secret().to_owned(),
-            pkce_verifier: verifier,
-        })
-    }
-
-    /// Redeems an authorization code and validates the ID token exactly as the device flow
-    /// does (plus the `nonce`).
-    pub async fn exchange_code(
-        &self,
-        code: &str,
-        pkce_verifier: &SecretString,
-        redirect_uri: &str,
-        nonce: &str,
-    ) -> Result<Identity, FlowError> {
-        let d = self.current()?;
-        let Some(token_endpoint) = d.token_endpoint.clone() else {
-            return Err(FlowError::Idp("no token endpoint".into()));
-        };
-        let params = vec![
-            ("grant_type", "authorization_code".to_owned()),
-            ("code", code.to_owned()),
-            ("redirect_uri", redirect_uri.to_owned()),
-            ("code_verifier", pkce_verifier.expose_secret().to_owned()),
-        ];
-        let (status, body) = self
-            .post_form(&token_endpoint, d.basic_auth, params)
-            .await
-            .map_err(FlowError::Unreachable)?;
-        if !status.is_success() {
-            return Err(FlowError::Idp(describe_error(status, &body)));
-        }
-        let tokens: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|e| FlowError::Idp(format!("unreadable token response: {e}")))?;
-        let id_token = tokens
-            .id_token
-            .ok_or_else(|| FlowError::Idp("no ID token in the answer".into()))?;
-        self.identity_from_tokens(
-            &id_token,
-            tokens.access_token.as_ref(),
-            Some(&Nonce::new(nonce.to_owned())),
-            AuthMethod::Web,
-        )
-        .await
-    }
-}
-
-/// One device authorization in progress.
-pub struct DeviceFlow {
-    oidc: Arc<Oidc>,
-    device_code: SecretString,
-    challenge: Challenge,
-    interval: Duration,
-    polls: u32,
-}
-
-/// What one poll found.
-enum Poll {
-    Pending,
-    SlowDown,
-    Done(Result<Approved, FlowError>),
-    Failed(IdpError),
-}
-
-impl DeviceFlow {
-    /// What to show the user.
-    pub fn challenge(&self) -> &Challenge {
-        &self.challenge
-    }
-
-    /// Polls at the IdP's pace until approval, denial, expiry or error.
-    ///
-    /// Waits one interval before each poll (RFC 8628 §3.5), adds 5 s on `slow_down`, and stops
-    /// at `expires_in`. Cancel it by dropping the future: nothing is polled after that.
-    pub async fn wait(mut self) -> Result<Approved, FlowError> {
-        let mut failures = 0;
-        loop {
-            let now = Instant::now();
-            if now >= self.challenge.expires_at {
-                return Err(FlowError::Expired);
-            }
-            let wake = (now + self.interval).min(self.challenge.expires_at);
-            tokio::time::sleep_until(wake.into()).await;
-            if Instant::now() >= self.challenge.expires_at {
-                return Err(FlowError::Expired);
-            }
-            self.polls += 1;
-            match self.poll().await {
-                Poll::Pending => failures = 0,
-                Poll::SlowDown => {
-                    failures = 0;
-                    self.interval += SLOW_DOWN_STEP;
-                    tracing::debug!(interval = ?self.interval, "identity provider asked to slow down");
-                }
-                Poll::Done(r) => {
-                    tracing::debug!(polls = self.polls, "device flow finished");
-                    return r;
-                }
-                Poll::Failed(e) => {
-                    failures += 1;
-                    tracing::warn!(
-                        error = &e as &dyn std::error::Error,
-                        failures,
-                        "device flow poll failed"
-                    );
-                    if failures >= MAX_POLL_FAILURES {
-                        return Err(FlowError::Unreachable(e));
-                    }
-                    // RFC 8628 §3.5: back off on connection problems.
-                    self.interval = (self.interval * 2).min(Duration::from_secs(30));
-                }
-            }
-        }
-    }
-
-    async fn poll(&self) -> Poll {
-        let d = match self.oidc.current() {
-            Ok(d) => d,
-            Err(_) => return Poll::Failed(IdpError::NotDiscovered),
-        };
-        let Some(token_endpoint) = d.token_endpoint.clone() else {
-            return Poll::Done(Err(FlowError::Idp("no token endpoint".into())));
-        };
-        let params = vec![
-            (
-                "grant_type",
-                "urn:ietf:params:oauth:grant-type:device_code".to_owned(),
-            ),
-            ("device_code", self.device_code.expose_secret().to_owned()),
-        ];
-        let (status, body) = match self
-            .oidc
-            .post_form(&token_endpoint, d.basic_auth, params)
-            .await
-        {
-            Ok(x) => x,
-            Err(e) => return Poll::Failed(e),
-        };
-        if status.is_success() {
-            let tokens: TokenResponse = match serde_json::from_slice(&body) {
-                Ok(t) => t,
-                Err(e) => {
-                    return Poll::Done(Err(FlowError::Idp(format!(
-                        "unreadable token response: {e}"
-                    ))))
-                }
-            };
-            let Some(id_token) = tokens.id_token else {
-                return Poll::Done(Err(FlowError::Idp(
-                    "no ID token in the answer (is the openid scope allowed for this client?)"
-                        .into(),
-                )));
-            };
-            let identity = self
-                .oidc
-                .identity_from_tokens(
-                    &id_token,
-                    tokens.access_token.as_ref(),
-                    None,
-                    AuthMethod::DeviceFlow,
-                )
-                .await;
-            return Poll::Done(identity.map(|identity| Approved {
-                identity,
-                refresh_token: tokens.refresh_token,
-            }));
-        }
-        if status.is_server_error() {
-            return Poll::Failed(IdpError::Status(status));
-        }
-        match serde_json::from_slice::<OAuthError>(&body) {
-            Ok(e) => match e.error.as_str() {
-                "authorization_pending" => Poll::Pending,
-                "slow_down" => Poll::SlowDown,
-                "access_denied" => Poll::Done(Err(FlowError::Denied)),
-                "expired_token" => Poll::Done(Err(FlowError::Expired)),
-                other => Poll::Done(Err(FlowError::Idp(match e.error_description {
-                    Some(d) => format!("{other}: {d}"),
-                    None => other.to_owned(),
-                }))),
-            },
-            Err(_) => Poll::Done(Err(FlowError::Idp(describe_error(status, &body)))),
-        }
-    }
-}
-
 fn is_asymmetric(alg: &CoreJwsSigningAlgorithm) -> bool {
     use CoreJwsSigningAlgorithm as A;
     matches!(
@@ -902,6 +588,24 @@ pub(crate) fn describe_error(status: reqwest::StatusCode, body: &[u8]) -> String
         },
         Err(_) => format!("HTTP {status}"),
     }
+}
+
+/// A token endpoint's answer (the parts read).
+#[derive(Deserialize)]
+pub(crate) struct TokenResponse {
+    pub(crate) id_token: Option<String>,
+    pub(crate) access_token: Option<SecretString>,
+    /// Present when the IdP granted `offline_access`: what re-checks an enrollment later.
+    #[serde(default)]
+    pub(crate) refresh_token: Option<SecretString>,
+}
+
+/// An OAuth error answer (RFC 6749 §5.2).
+#[derive(Deserialize)]
+pub(crate) struct OAuthError {
+    pub(crate) error: String,
+    #[serde(default)]
+    error_description: Option<String>,
 }
 
 /// RFC 6749 §2.3.1: client credentials in Basic auth are form-encoded first.
