@@ -707,7 +707,9 @@ fn enrolled_keys_are_rechecked_with_the_idp_and_end_when_it_no_longer_vouches() 
         .change_user(serde_json::json!({"user": "alice", "groups": ["staff"]}));
     assert_eq!(batch_whoami(&s.gw, &first).status.code(), Some(255));
     assert!(s.gw.log().contains("enrollment revoked"), "{}", s.gw.log());
-    let audit = std::fs::read_to_string(s.tmp.path().join("audit.log")).unwrap();
+    let audit = audit_when(&s.tmp.path().join("audit.log"), |l| {
+        l.contains("\"revoked\"") && l.contains("identity provider")
+    });
     let revoked = audit
         .lines()
         .find(|l| l.contains("\"revoked\"") && l.contains("identity provider"))

@@ -435,13 +435,16 @@ fn a_login_callback_only_logs_in_the_browser_that_started_it() {
     assert!(r.text().unwrap().contains("started in another browser"));
     assert_eq!(me(&w, &victim).0, 401, "the victim is not logged in as bob");
     // Audited with the client's address, and counted toward a ban.
-    let audit = std::fs::read_to_string(w.tmp.path().join("audit.log")).unwrap();
+    // The audit log is written by its own thread: wait for the record rather than read at once.
+    let audit = || std::fs::read_to_string(w.tmp.path().join("audit.log")).unwrap_or_default();
     assert!(
-        audit.lines().any(|l| l.contains("\"auth_failure\"")
+        eventually(T, || audit().lines().any(|l| l
+            .contains("\"auth_failure\"")
             && l.contains("\"web\"")
             && l.contains("127.0.0.1")
-            && l.contains("another browser")),
-        "{audit}"
+            && l.contains("another browser"))),
+        "{}",
+        audit()
     );
     let url = callback_url_for(&w, "bob");
     assert_eq!(victim.get(&url).send().unwrap().status().as_u16(), 403);
@@ -522,7 +525,9 @@ fn x_forwarded_for_counts_only_from_trusted_proxies() {
             .send()
             .unwrap();
         assert_eq!(r.status().as_u16(), 400);
-        let audit = std::fs::read_to_string(w.tmp.path().join("audit.log")).unwrap();
+        let audit = audit_when(&w.tmp.path().join("audit.log"), |l| {
+            l.contains("\"auth_failure\"")
+        });
         let line = audit
             .lines()
             .find(|l| l.contains("\"auth_failure\""))

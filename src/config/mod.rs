@@ -491,7 +491,7 @@ mod tests {
     fn empty_config_gives_defaults() {
         let c = Config::parse("", "g.toml").unwrap();
         assert_eq!(c.ssh.listen.to_string(), "127.0.0.1:2222");
-        assert_eq!(c.session.command.0, vec!["hermes", "--tui"]);
+        assert_eq!(c.session.command.words(), ["hermes", "--tui"]);
         assert_eq!(c.session.exec, ExecPolicy::Refuse);
     }
 

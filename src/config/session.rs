@@ -286,7 +286,24 @@ impl Default for SessionConfig {
 /// A non-empty argv list whose first word is non-empty.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "Vec<String>")]
-pub struct Argv(pub Vec<String>);
+pub struct Argv(Vec<String>);
+
+impl Argv {
+    /// The program: the first word, never empty.
+    pub fn program(&self) -> &str {
+        &self.0[0]
+    }
+
+    /// Every word, the program first.
+    pub fn words(&self) -> &[String] {
+        &self.0
+    }
+
+    /// The words joined by spaces, for listings and logs.
+    pub fn display(&self) -> String {
+        self.0.join(" ")
+    }
+}
 
 impl TryFrom<Vec<String>> for Argv {
     type Error = String;

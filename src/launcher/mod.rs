@@ -77,7 +77,7 @@ impl Default for TermSize {
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
     /// argv; the first word is the program.
-    pub command: Vec<String>,
+    pub command: crate::config::Argv,
     /// Extra names that receive the user id.
     pub identity_env: Vec<String>,
     /// `[session.env]`.
@@ -106,7 +106,7 @@ impl LaunchSpec {
     /// From the config section, running as the gateway's own account.
     pub fn from_config(cfg: &SessionConfig) -> LaunchSpec {
         LaunchSpec {
-            command: cfg.command.0.clone(),
+            command: cfg.command.clone(),
             identity_env: cfg
                 .identity_env
                 .iter()
@@ -147,7 +147,7 @@ impl LaunchSpec {
     /// directories): `None` when it resolves on PATH.
     pub fn program_problem(&self) -> Option<LaunchError> {
         let path = std::env::var("PATH").unwrap_or_else(|_| env::DEFAULT_PATH.into());
-        resolve_program(&self.command[0], &path, Path::new(&self.account.home)).err()
+        resolve_program(self.command.program(), &path, Path::new(&self.account.home)).err()
     }
 
     /// Whether a client is barred from setting `name`: identity variables, `[session.env]` names
@@ -313,8 +313,8 @@ impl LaunchSpec {
                 PathBuf::from("/")
             }
         };
-        let program = resolve_program(&self.command[0], &path_var, &cwd)?;
-        let mut argv = self.command.clone();
+        let program = resolve_program(self.command.program(), &path_var, &cwd)?;
+        let mut argv = self.command.words().to_vec();
         argv.extend(extra_args.iter().cloned());
         let mut confinement = Confinement::prepare(&account, &self.limits)
             .map_err(|e| LaunchError::Limits(e.to_string()))?;

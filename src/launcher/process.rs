@@ -440,7 +440,7 @@ pub(super) async fn spawn_pty(
             cmd.stdin(stdio()?).stdout(stdio()?).stderr(stdio()?);
             let child = cmd
                 .spawn()
-                .map_err(|e| classify_spawn_error(&prepared, &e.to_string()))?;
+                .map_err(|e| classify_spawn_error(&prepared, &e))?;
             // The slave must be closed here (the Command holds copies too), or the master never
             // sees EOF when the program exits.
             drop(cmd);
@@ -489,20 +489,23 @@ pub(super) async fn spawn_pty(
     Ok((spawned, Resizer(fd)))
 }
 
-fn classify_spawn_error(prepared: &Prepared, msg: &str) -> LaunchError {
+/// What `execve` said, as the user reads it: decided by the error number, not its text.
+fn classify_spawn_error(prepared: &Prepared, e: &io::Error) -> LaunchError {
     let program = prepared.program.display().to_string();
-    if msg.contains("not executable") || msg.contains("ermission denied") {
-        LaunchError::NotExecutable {
-            program,
-            detail: msg.to_owned(),
-        }
-    } else if msg.contains("No such file") || msg.contains("not exist") {
-        LaunchError::NotFound {
+    match e.raw_os_error() {
+        // The program, or the interpreter its `#!` line names, is not there.
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) => LaunchError::NotFound {
             program,
             path: String::new(),
+        },
+        // No execute permission, a noexec mount, or not a format the kernel can run.
+        Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EPERM) => {
+            LaunchError::NotExecutable {
+                program,
+                detail: e.to_string(),
+            }
         }
-    } else {
-        LaunchError::Other(format!("starting {program}: {msg}"))
+        _ => LaunchError::Other(format!("starting {program}: {e}")),
     }
 }
 
@@ -526,7 +529,7 @@ pub(super) fn spawn_pipes(mut prepared: Prepared) -> Result<Spawned, LaunchError
     let mut cmd = tokio::process::Command::from(std_cmd);
     let mut child = cmd
         .spawn()
-        .map_err(|e| classify_spawn_error(&prepared, &e.to_string()))?;
+        .map_err(|e| classify_spawn_error(&prepared, &e))?;
     let pid = pid_of(child.id().unwrap_or(0))?;
     super::reaper::watch(pid.as_raw_nonzero().get());
     let (Some(stdin), Some(stdout), Some(stderr)) =

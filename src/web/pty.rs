@@ -90,7 +90,7 @@ pub async fn pty(
                 method: identity.method.into(),
                 front: Front::Web,
                 remote: Some(remote),
-                command: launch.command.join(" "),
+                command: launch.command.display(),
             },
             ctx.max_sessions_per_user,
         )

@@ -351,6 +351,14 @@ pub fn browser() -> reqwest::blocking::Client {
         .unwrap()
 }
 
+/// The audit log at `path` once one of its lines satisfies `line` (or after `T`): the log is
+/// written by the gateway's own thread, so a record lands a moment after the act.
+pub fn audit_when(path: &Path, line: impl Fn(&str) -> bool) -> String {
+    let read = || std::fs::read_to_string(path).unwrap_or_default();
+    eventually(T, || read().lines().any(&line));
+    read()
+}
+
 /// Retries `f` until it returns true or `timeout` passes.
 pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     poll_until(timeout, Duration::from_millis(100), || f().then_some(())).is_some()

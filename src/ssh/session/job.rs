@@ -446,7 +446,7 @@ impl Job {
     ) -> Result<StartedProgram, NotStarted> {
         let user = identity.user_id.to_string();
         let launch = self.ctx.launch.load_full();
-        let command = launch.command.join(" ");
+        let command = launch.command.display();
         let guard = match self
             .ctx
             .ops
@@ -564,7 +564,7 @@ impl Job {
             LaunchError::NotExecutable { .. } => 126,
             _ => 1,
         };
-        let command = self.ctx.launch.load().command.join(" ");
+        let command = self.ctx.launch.load().command.display();
         match &self.pty {
             Some(pty) => {
                 let size = current_size(&self.resize).unwrap_or(pty.size);
