@@ -239,6 +239,24 @@ pub struct NewSession {
     pub command: String,
 }
 
+impl NewSession {
+    /// A session of `identity` coming through `front` from `remote`, running `command`.
+    pub fn of(
+        identity: &crate::identity::Identity,
+        front: Front,
+        remote: Option<std::net::IpAddr>,
+        command: String,
+    ) -> NewSession {
+        NewSession {
+            user: identity.user_id.clone(),
+            method: identity.method.into(),
+            front,
+            remote,
+            command,
+        }
+    }
+}
+
 impl SessionRegistry {
     /// Publishes this node's sessions to `directory` (shared by every node) from now on.
     pub fn attach_directory(&self, directory: Arc<SessionDirectory>) {

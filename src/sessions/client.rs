@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Running, Sink};
 
-/// Chunks queued per client (each at most one read of program output, 16 KiB).
+/// Chunks queued per client (each at most one read of program output, `OUTPUT_CHUNK`).
 const QUEUE: usize = 32;
 
 /// How long a full queue of the owner's own client may hold the program back before that client
@@ -219,8 +219,8 @@ fn coalesce(first: Bytes, rx: &mut mpsc::Receiver<Bytes>, batch: &mut bytes::Byt
     batch.extend_from_slice(&first);
     while batch.len() < BATCH {
         // A chunk that would not fit is left for the next write (peeking is not possible, so
-        // only take when the queue's head is known to fit: chunks are at most 16 KiB).
-        if batch.len() + 16 * 1024 > BATCH {
+        // only take when the queue's head is known to fit: no chunk exceeds one read).
+        if batch.len() + super::OUTPUT_CHUNK > BATCH {
             break;
         }
         match rx.try_recv() {

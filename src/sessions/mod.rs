@@ -452,7 +452,7 @@ impl AsyncWrite for ClientInput {
 }
 
 /// Bytes read from the program per chunk while it writes a lot.
-const OUTPUT_CHUNK: usize = 16 * 1024;
+pub(super) const OUTPUT_CHUNK: usize = 16 * 1024;
 
 /// Bytes read per chunk while it writes little. A session waits for output most of its life,
 /// detached or not, with its read buffer held all that time: a small one while the program is

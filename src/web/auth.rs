@@ -466,16 +466,12 @@ pub async fn logout(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> R
 pub async fn me(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Response {
     match session_identity(&ctx, &headers) {
         Some(id) => Json(id).into_response(),
-        None => (
-            StatusCode::UNAUTHORIZED,
-            Json(serde_json::json!({"error": "not signed in"})),
-        )
-            .into_response(),
+        None => json_error(StatusCode::UNAUTHORIZED, "not signed in"),
     }
 }
 
 /// `GET /api/sessions`: the signed-in user's sessions (started in a browser or over SSH), as
-/// `ssh host sessions` lists them; open one with `/api/pty?ticket=…&session=ID`.
+/// `ssh host sessions` lists them; open one with a ticket from `ws-ticket {"session": ID}`.
 pub async fn sessions(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Response {
     match session_identity(&ctx, &headers) {
         Some(id) => {
@@ -487,11 +483,7 @@ pub async fn sessions(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) ->
                 .collect();
             Json(list).into_response()
         }
-        None => (
-            StatusCode::UNAUTHORIZED,
-            Json(serde_json::json!({"error": "not signed in"})),
-        )
-            .into_response(),
+        None => json_error(StatusCode::UNAUTHORIZED, "not signed in"),
     }
 }
 

@@ -85,13 +85,12 @@ pub async fn pty(
         .ops
         .sessions
         .register(
-            NewSession {
-                user: identity.user_id.clone(),
-                method: identity.method.into(),
-                front: Front::Web,
-                remote: Some(remote),
-                command: launch.command.display(),
-            },
+            NewSession::of(
+                &identity,
+                Front::Web,
+                Some(remote),
+                launch.command.display(),
+            ),
             ctx.max_sessions_per_user,
         )
         .await

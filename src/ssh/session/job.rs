@@ -452,13 +452,7 @@ impl Job {
             .ops
             .sessions
             .register(
-                NewSession {
-                    user: identity.user_id.clone(),
-                    method: identity.method.into(),
-                    front: Front::Ssh,
-                    remote: self.remote,
-                    command: command.clone(),
-                },
+                NewSession::of(identity, Front::Ssh, self.remote, command.clone()),
                 self.ctx.limits.max_sessions_per_user,
             )
             .await
