@@ -710,6 +710,13 @@ fn enrolled_keys_are_rechecked_with_the_idp_and_end_when_it_no_longer_vouches() 
     let audit = audit_when(&s.tmp.path().join("audit.log"), |l| {
         l.contains("\"revoked\"") && l.contains("identity provider")
     });
+    // The sign-in that bound the key was audited as an enrollment.
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"event\":\"enrolled\"") && l.contains(&first.fingerprint())),
+        "{audit}"
+    );
     let revoked = audit
         .lines()
         .find(|l| l.contains("\"revoked\"") && l.contains("identity provider"))

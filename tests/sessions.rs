@@ -268,7 +268,7 @@ fn detached_sessions_are_capped_per_user_and_every_attach_and_detach_is_audited(
 /// (linked), so her SSH and browser sessions are one user's; and her key.
 fn web_and_key() -> (common::webclient::Web, Keypair) {
     let w = common::webclient::Web::start_with(
-        "[session]\ncommand = [\"/bin/sh\"]\ndetach_timeout = \"5m\"\n",
+        "[session]\ncommand = [\"/bin/sh\"]\ndetach_timeout = \"5m\"\n[audit]\npath = \"audit.log\"\n",
         "",
         "linked_key_users = [\"alice\"]\n",
         &[],
@@ -317,6 +317,20 @@ fn a_session_moves_between_the_terminal_and_the_browser() {
         .gw
         .log()
         .contains("browser left; session detached")));
+    // The browser leaving is audited like a terminal's: the SSH client's detach, then this one.
+    let path = w.tmp.path().join("audit.log");
+    let detaches = || {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"event\":\"detach\"") && l.contains("\"owner\":\"alice\""))
+            .count()
+    };
+    assert!(
+        eventually(T, || detaches() == 2),
+        "{} detach records",
+        detaches()
+    );
     // Back over SSH: both lines on the screen.
     let back = PtyClient::spawn(&w.gw.pty_args(&key), 80, 24);
     assert!(
