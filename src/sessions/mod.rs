@@ -576,6 +576,22 @@ impl Hub {
         v
     }
 
+    /// `user`'s sessions that no client is attached to, the most recently active first.
+    pub fn detached_of(&self, user: &UserId) -> Vec<Arc<Running>> {
+        let mut v = self.of_user(user);
+        v.retain(|s| !s.is_attached());
+        v
+    }
+
+    /// Ends `user`'s longest-detached sessions beyond `max` (each reported at the next login).
+    /// Both fronts call it when a client leaves, so the cap holds however a session was left.
+    pub fn cap_detached(&self, user: &UserId, max: usize) {
+        for old in self.detached_of(user).iter().skip(max) {
+            old.live
+                .end_with(&format!("more than {max} detached sessions"));
+        }
+    }
+
     /// `user`'s session `id`; never anyone else's.
     pub fn own(&self, user: &UserId, id: &str) -> Option<Arc<Running>> {
         self.by_id

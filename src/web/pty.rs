@@ -328,6 +328,7 @@ async fn serve_browser(
             if !ctx.detach.timeout.is_zero() {
                 tracing::info!(session = session.id, "browser left; session detached");
                 audit_attachment(ctx, &session, remote, AttachmentKind::Detach);
+                ctx.hub.cap_detached(&session.user, ctx.detach.max_per_user);
             }
         }
         _ = attachment.gone.cancelled() => {

@@ -33,13 +33,7 @@ impl Job {
         for line in self.ctx.hub.take_reports(&identity.user_id) {
             ChannelNotice(&self.writer).notice(&line).await;
         }
-        let detached: Vec<_> = self
-            .ctx
-            .hub
-            .of_user(&identity.user_id)
-            .into_iter()
-            .filter(|s| !s.is_attached())
-            .collect();
+        let detached = self.ctx.hub.detached_of(&identity.user_id);
         if self.pty.is_none() || detached.is_empty() {
             return self.run_program(identity, Vec::new()).await;
         }
@@ -384,20 +378,7 @@ impl Job {
                 if !self.ctx.detach.timeout.is_zero() && !attachment.is_watcher() {
                     tracing::info!(user, session = session.id, "client left; session detached");
                     self.audit_attachment(&session, AttachmentKind::Detach);
-                    // Over the cap, the longest-detached sessions end (reported at next login).
-                    let detached: Vec<_> = self
-                        .ctx
-                        .hub
-                        .of_user(&session.user)
-                        .into_iter()
-                        .filter(|s| !s.is_attached())
-                        .collect();
-                    for old in detached.iter().skip(self.ctx.detach.max_per_user) {
-                        old.live.end_with(&format!(
-                            "more than {} detached sessions",
-                            self.ctx.detach.max_per_user
-                        ));
-                    }
+                    self.ctx.hub.cap_detached(&session.user, self.ctx.detach.max_per_user);
                 }
             }
             _ = attachment.gone.cancelled() => {
