@@ -9,6 +9,8 @@ use anyhow::Context;
 
 use arc_swap::ArcSwap;
 use hermes_ssh_gateway::config::Config;
+use hermes_ssh_gateway::identity::certs::PrincipalMap;
+use hermes_ssh_gateway::identity::key_policy::{KeyPolicy, KeyPolicySettings};
 use hermes_ssh_gateway::identity::limits::PendingSlots;
 use hermes_ssh_gateway::identity::namespace::{Namespaces, EDITABLE_CLAIMS};
 use hermes_ssh_gateway::identity::oidc::Oidc;
@@ -27,6 +29,10 @@ pub(crate) fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     let snap = hermes_ssh_gateway::identity::keys::KeySnapshot::load(&config.ssh.users_dir);
     for p in &snap.problems {
         println!("{p}");
+    }
+    if let Err(e) = key_policy(&config) {
+        println!("error: {e}");
+        anyhow::bail!("serve would refuse to start with this configuration");
     }
     if let Some(o) = config
         .oidc
@@ -91,6 +97,7 @@ pub(crate) async fn serve(config: Config, config_path: PathBuf) -> anyhow::Resul
     registry
         .watch(Duration::from_millis(100), background.clone())
         .with_context(|| format!("watching {}", config.ssh.users_dir.display()))?;
+    let key_policy = Arc::new(key_policy(&config)?);
     session_privileges(&config.session)?;
     hermes_ssh_gateway::launcher::confine::init(&config.session.limits);
     let launch = Arc::new(ArcSwap::from_pointee(launch_spec(&config, &config_path)?));
@@ -169,7 +176,7 @@ pub(crate) async fn serve(config: Config, config_path: PathBuf) -> anyhow::Resul
     };
     let server = SshServer::new(
         host_key,
-        ssh_context(&config, registry.clone(), parts, web_link),
+        ssh_context(&config, (registry.clone(), key_policy), parts, web_link),
         &SshSettings {
             inactivity_timeout: config.ssh.inactivity_timeout,
             keepalive_interval: Some(config.ssh.keepalive_interval).filter(|d| !d.is_zero()),
@@ -194,6 +201,27 @@ pub(crate) async fn serve(config: Config, config_path: PathBuf) -> anyhow::Resul
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Certificates, revocation and security-key rules; a bad CA or revoked-keys file stops the
+/// start with its file and line.
+fn key_policy(config: &Config) -> anyhow::Result<KeyPolicy> {
+    let ssh = &config.ssh;
+    let policy = KeyPolicy::open(KeyPolicySettings {
+        trusted_user_ca_keys: ssh.trusted_user_ca_keys.as_deref(),
+        revoked_keys: ssh.revoked_keys.as_deref(),
+        principal_map: PrincipalMap {
+            strip_prefix: ssh.cert_principal_map.strip_prefix.clone(),
+            strip_suffix: ssh.cert_principal_map.strip_suffix.clone(),
+        },
+        cert_leeway: ssh.cert_leeway,
+        require_user_presence: ssh.require_user_presence,
+    })
+    .map_err(|e| anyhow::anyhow!("[ssh] {e}"))?;
+    if policy.certificates_enabled() {
+        tracing::info!("user certificates of the CAs in trusted_user_ca_keys are accepted");
+    }
+    Ok(policy)
 }
 
 /// The host key, loaded or generated (and said which, with its fingerprint).
@@ -371,12 +399,13 @@ async fn start_web(
 /// The SSH front's context.
 fn ssh_context(
     config: &Config,
-    registry: Arc<KeyRegistry>,
+    (registry, key_policy): (Arc<KeyRegistry>, Arc<KeyPolicy>),
     p: Parts,
     web_link: Option<WebLink>,
 ) -> SshContext {
     SshContext {
         registry,
+        key_policy,
         namespaces: p.namespaces,
         launch: p.launch,
         ops: p.ops,

@@ -411,19 +411,12 @@ fn forwarding_agent_x11_and_sftp_are_refused_and_logged() {
 
     // Agent forwarding, with a real agent to forward.
     let sock = tmp.path().join("agent.sock");
-    let mut agent = Command::new("ssh-agent")
-        .args(["-D", "-a"])
-        .arg(&sock)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(eventually(T, || sock.exists()));
+    let agent = Agent::start(&sock);
     let mut ssh = gw.ssh(&key);
     ssh.args(["-o", "ForwardAgent=yes", "127.0.0.1", "whoami"])
         .env("SSH_AUTH_SOCK", &sock);
     let out = run(ssh, T);
-    let _ = agent.kill();
-    let _ = agent.wait();
+    drop(agent);
     assert!(
         text(&out.stdout).contains("alice"),
         "session still works: {out:?}"

@@ -180,6 +180,30 @@ pub struct SshConfig {
     /// Keepalive probes are sent after this much silence from the client; 0 disables.
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
+    /// A file of CA public keys (sshd's `TrustedUserCAKeys`): user certificates they sign
+    /// log in as their principal. Absent: certificates are refused.
+    pub trusted_user_ca_keys: Option<PathBuf>,
+    /// Which certificate principals count, and how they become user ids.
+    pub cert_principal_map: CertPrincipalMap,
+    /// Clock skew allowed at both ends of a certificate's validity window.
+    #[serde(with = "humantime_serde")]
+    pub cert_leeway: Duration,
+    /// OpenSSH's revoked-keys file (sshd's `RevokedKeys`): public keys, one per line, or a
+    /// KRL made by `ssh-keygen -k`. Re-read when it changes.
+    pub revoked_keys: Option<PathBuf>,
+    /// Security keys (`sk-…`) must show the user's touch in every signature, unless their
+    /// key line says `no-touch-required` or their certificate has that extension.
+    pub require_user_presence: bool,
+}
+
+/// `[ssh] cert_principal_map`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CertPrincipalMap {
+    /// Only principals starting with this count, without it.
+    pub strip_prefix: Option<String>,
+    /// Only principals ending with this count, without it.
+    pub strip_suffix: Option<String>,
 }
 
 impl Default for SshConfig {
@@ -190,6 +214,11 @@ impl Default for SshConfig {
             users_dir: PathBuf::from("keys/users"),
             inactivity_timeout: Duration::from_secs(3600),
             keepalive_interval: Duration::from_secs(30),
+            trusted_user_ca_keys: None,
+            cert_principal_map: CertPrincipalMap::default(),
+            cert_leeway: Duration::from_secs(60),
+            revoked_keys: None,
+            require_user_presence: true,
         }
     }
 }
@@ -257,6 +286,12 @@ impl Config {
         abs(&mut self.ssh.users_dir);
         abs(&mut self.state.dir);
         abs(&mut self.admin.socket);
+        if let Some(p) = &mut self.ssh.trusted_user_ca_keys {
+            abs(p);
+        }
+        if let Some(p) = &mut self.ssh.revoked_keys {
+            abs(p);
+        }
         if let Some(a) = &mut self.audit {
             abs(&mut a.path);
         }
@@ -288,6 +323,12 @@ impl Config {
             ),
             ("the state directory", self.state.dir.clone()),
         ];
+        if let Some(p) = &self.ssh.trusted_user_ca_keys {
+            out.push(("the trusted CA keys", p.clone()));
+        }
+        if let Some(p) = &self.ssh.revoked_keys {
+            out.push(("the revoked keys", p.clone()));
+        }
         if let Some(dir) = self.admin.socket.parent() {
             out.push(("the admin socket's directory", dir.to_owned()));
         }

@@ -15,6 +15,10 @@ pub struct KeyOptions {
     pub expires_at: Option<i64>,
     /// `no-pty`, or `restrict` without `pty`: sessions get no PTY.
     pub no_pty: bool,
+    /// `no-touch-required`: a security key's signature need not show user presence.
+    pub no_touch_required: bool,
+    /// `verify-required`: a security key's signature must show user verification.
+    pub verify_required: bool,
 }
 
 /// Why a mapped key may not log in now.
@@ -56,10 +60,12 @@ impl KeyOptions {
                 ("no-pty", None) => out.no_pty = true,
                 ("restrict", None) => restrict = true,
                 ("pty", None) => pty = true,
+                ("no-touch-required", None) => out.no_touch_required = true,
+                ("verify-required", None) => out.verify_required = true,
                 (n, None) if ALREADY_REFUSED.contains(&n) => {}
                 _ => {
                     return Err(format!(
-                        "option {opt:?} is not supported here (supported: from=, expiry-time=, restrict, no-pty, no-port-forwarding); the key is skipped rather than granted more than its line says"
+                        "option {opt:?} is not supported here (supported: from=, expiry-time=, restrict, no-pty, no-port-forwarding, no-touch-required, verify-required); the key is skipped rather than granted more than its line says"
                     ))
                 }
             }
@@ -69,6 +75,14 @@ impl KeyOptions {
             out.no_pty = true;
         }
         Ok(out)
+    }
+
+    /// What the line says about a security key's signature flags.
+    pub fn sk_requirements(&self) -> crate::identity::key_policy::SkRequirements {
+        crate::identity::key_policy::SkRequirements {
+            no_touch_required: self.no_touch_required,
+            verify_required: self.verify_required,
+        }
     }
 
     /// Whether the key may log in from `remote` at `now` (Unix seconds).

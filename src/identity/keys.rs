@@ -246,10 +246,14 @@ pub fn parse_key_entry(line: &str) -> Result<Option<(PublicKey, KeyOptions)>, St
     let options = KeyOptions::parse(entry.config_opts())?;
     let key = entry.public_key().clone();
     match key.algorithm() {
-        Algorithm::Ed25519 | Algorithm::Ecdsa { .. } | Algorithm::Rsa { .. } => {}
+        Algorithm::Ed25519
+        | Algorithm::Ecdsa { .. }
+        | Algorithm::Rsa { .. }
+        | Algorithm::SkEd25519
+        | Algorithm::SkEcdsaSha2NistP256 => {}
         other => {
             return Err(format!(
-                "key type {other} is not accepted (use ed25519, ecdsa or rsa)"
+                "key type {other} is not accepted (use ed25519, ecdsa, rsa or their security-key forms sk-ssh-ed25519, sk-ecdsa-sha2-nistp256)"
             ))
         }
     }

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use super::certs::CertificateInfo;
 use super::limits::PendingPermit;
 use super::UserId;
 
@@ -22,6 +23,8 @@ pub enum AuthMethod {
     EnrolledKey,
     /// A browser login at the identity provider (authorization code + PKCE).
     Web,
+    /// An OpenSSH user certificate signed by a trusted CA.
+    Certificate,
 }
 
 impl AuthMethod {
@@ -32,6 +35,7 @@ impl AuthMethod {
             AuthMethod::DeviceFlow => "device-flow",
             AuthMethod::EnrolledKey => "enrolled-key",
             AuthMethod::Web => "web",
+            AuthMethod::Certificate => "certificate",
         }
     }
 }
@@ -69,6 +73,9 @@ pub struct Identity {
     /// Groups from the IdP.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
+    /// The certificate that proved it (CA, serial, key id), for certificate logins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<Box<CertificateInfo>>,
 }
 
 /// A detail of an identity that `[session] claims_env` can hand to the program.
@@ -103,6 +110,21 @@ impl Identity {
             email: None,
             display_name: None,
             groups: Vec::new(),
+            certificate: None,
+        }
+    }
+
+    /// An identity proven by a certificate of a trusted CA, for its key `fingerprint`.
+    pub fn from_certificate(
+        user_id: UserId,
+        fingerprint: String,
+        cert: CertificateInfo,
+    ) -> Identity {
+        Identity {
+            provider: format!("ca:{}", cert.ca),
+            method: AuthMethod::Certificate,
+            certificate: Some(Box::new(cert)),
+            ..Identity::from_mapped_key(user_id, fingerprint)
         }
     }
 }

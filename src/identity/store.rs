@@ -123,6 +123,7 @@ impl Enrollment {
             email: self.email.clone(),
             display_name: self.display_name.clone(),
             groups: Vec::new(),
+            certificate: None,
         }
     }
 }

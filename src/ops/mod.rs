@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
+use crate::identity::certs::CertificateInfo;
 use crate::identity::tickets::Purpose;
 use crate::identity::{AuthMethod, UserId};
 use crate::launcher::LimitHit;
@@ -43,6 +44,8 @@ pub enum Method {
     KeyboardInteractive,
     /// A browser login.
     Web,
+    /// An OpenSSH user certificate.
+    Certificate,
 }
 
 impl Method {
@@ -54,6 +57,7 @@ impl Method {
             Method::DeviceFlow => "device-flow",
             Method::KeyboardInteractive => "keyboard-interactive",
             Method::Web => "web",
+            Method::Certificate => "certificate",
         }
     }
 }
@@ -65,6 +69,7 @@ impl From<AuthMethod> for Method {
             AuthMethod::EnrolledKey => Method::EnrolledKey,
             AuthMethod::DeviceFlow => Method::DeviceFlow,
             AuthMethod::Web => Method::Web,
+            AuthMethod::Certificate => Method::Certificate,
         }
     }
 }
@@ -191,6 +196,8 @@ pub enum Event {
         remote: Option<IpAddr>,
         /// Why it failed (`None` on success).
         failure: Option<String>,
+        /// The certificate involved, for certificate logins.
+        certificate: Option<CertificateInfo>,
     },
     /// A program started.
     SessionStart {
@@ -353,6 +360,8 @@ struct AuthRecord<'a> {
     key_fingerprint: &'a Option<String>,
     remote: &'a Option<IpAddr>,
     reason: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certificate: &'a Option<CertificateInfo>,
 }
 
 #[derive(Serialize)]
@@ -395,6 +404,7 @@ impl Event {
                 key,
                 remote,
                 failure,
+                certificate,
             } => {
                 let r = AuthRecord {
                     user_id: user,
@@ -402,6 +412,7 @@ impl Event {
                     key_fingerprint: key,
                     remote,
                     reason: failure,
+                    certificate,
                 };
                 match failure {
                     None => Record::AuthSuccess(r),
@@ -547,6 +558,7 @@ mod tests {
                 key: Some("SHA256:x".into()),
                 remote: Some(local),
                 failure: Some("key is not mapped to any user".into()),
+                certificate: None,
             }),
             json!({"event": "auth_failure", "user_id": null, "method": "key",
                    "key_fingerprint": "SHA256:x", "remote": "127.0.0.1",
@@ -559,6 +571,7 @@ mod tests {
                 key: None,
                 remote: None,
                 failure: None,
+                certificate: None,
             })["event"],
             "auth_success"
         );

@@ -11,15 +11,19 @@
 //! keyboard-interactive (device sign-in on) ─► zero-prompt round ───► Pending { proven key }
 //! ```
 //! A merely offered key (no signature) is never remembered: public keys are public.
+//!
+//! Every key also passes the [`KeyPolicy`]: not revoked, a security key's signature shows the
+//! user's touch; a certificate is checked against the trusted CAs instead of the key files.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use russh::keys::ssh_key::{HashAlg, PublicKey};
+use russh::keys::ssh_key::{Certificate, HashAlg, PublicKey};
 
 use crate::identity::key_options::{KeyOptions, KeyRefusal};
+use crate::identity::key_policy::{KeyPolicy, SkRequirements};
 use crate::identity::limits::{PendingPermit, PendingSlots};
 use crate::identity::namespace::Namespaces;
 use crate::identity::oidc::Oidc;
@@ -53,7 +57,7 @@ pub enum Decision {
     /// Authentication succeeded with this identity.
     Accept(Identity),
     /// Refused; the reason is for the log only (the client just sees "denied").
-    Reject(&'static str),
+    Reject(String),
 }
 
 /// What to answer a keyboard-interactive attempt.
@@ -80,8 +84,9 @@ pub struct Authenticator {
     seen_unknown: HashSet<String>,
     permit: Option<PendingPermit>,
     principal: Option<Principal>,
-    /// The accepted key's line says `no-pty` (or `restrict`).
-    no_pty: bool,
+    /// Why the accepted key may not have a PTY: its line says `no-pty` (or `restrict`), or
+    /// its certificate has no `permit-pty`.
+    no_pty: Option<&'static str>,
     /// Which ids identity-provider users (and so enrolled keys) may not hold.
     namespaces: Option<Arc<Namespaces>>,
     /// The IdP and the interval for re-checking enrolled keys' users.
@@ -92,6 +97,10 @@ pub struct Authenticator {
     user: Option<UserId>,
     /// The same reason, for the sign-in screen that follows.
     revoked_note: Option<String>,
+    /// Revocation, certificates, security keys.
+    policy: Arc<KeyPolicy>,
+    /// The accepted certificate's `force-command`.
+    forced_command: Option<String>,
 }
 
 impl Authenticator {
@@ -111,13 +120,26 @@ impl Authenticator {
             seen_unknown: HashSet::new(),
             permit: None,
             principal: None,
-            no_pty: false,
+            no_pty: None,
             namespaces: None,
             recheck: None,
             revoked: None,
             revoked_note: None,
             user: None,
+            policy: Arc::new(KeyPolicy::plain()),
+            forced_command: None,
         }
+    }
+
+    /// Keys and certificates are checked against `policy`.
+    pub fn with_policy(mut self, policy: Arc<KeyPolicy>) -> Authenticator {
+        self.policy = policy;
+        self
+    }
+
+    /// The `force-command` of the certificate that signed in, if it had one.
+    pub fn forced_command(&self) -> Option<&str> {
+        self.forced_command.as_deref()
     }
 
     /// The connection's address, when it has one.
@@ -156,8 +178,8 @@ impl Authenticator {
         self
     }
 
-    /// Whether the key that signed in may not have a PTY (`no-pty`, `restrict`).
-    pub fn no_pty(&self) -> bool {
+    /// Why the key that signed in may not have a PTY, if it may not.
+    pub fn no_pty(&self) -> Option<&'static str> {
         self.no_pty
     }
 
@@ -243,50 +265,119 @@ impl Authenticator {
     /// A key was offered without a signature: is it worth the client's signing it?
     /// Known keys are; unknown keys are too when device sign-in is on, so that the client
     /// proves possession and the key can be bound after approval.
-    pub async fn offered(&mut self, key: &PublicKey) -> Result<(), &'static str> {
+    /// A certificate is worth signing when it would be accepted.
+    pub async fn offered(
+        &mut self,
+        key: &PublicKey,
+        cert: Option<&Certificate>,
+        login: &str,
+    ) -> Result<(), String> {
         if self.done() {
-            return Err("already authenticated");
+            return Err("already authenticated".into());
+        }
+        if let Some(cert) = cert {
+            return self.check_certificate(cert, login).map(drop);
+        }
+        if let Some(refusal) = self.policy.key_refusal(key.key_data()) {
+            return Err(refusal);
         }
         let fp = fp(key);
         if self.known(key, &fp, false).await?.is_some() {
             return Ok(());
         }
         if self.seen_unknown.contains(&fp) {
-            return Err("key is not mapped to any user (already proven)");
+            return Err("key is not mapped to any user (already proven)".into());
         }
         if self.device_enabled() {
             Ok(())
         } else {
-            Err("key is not mapped to any user")
+            Err("key is not mapped to any user".into())
         }
     }
 
-    /// The client proved possession of `key` (russh verified the signature).
-    pub async fn verified(&mut self, key: &PublicKey) -> Decision {
+    fn check_certificate(
+        &self,
+        cert: &Certificate,
+        login: &str,
+    ) -> Result<crate::identity::certs::CertGrant, String> {
+        let now = crate::identity::store::unix_now();
+        self.policy.certificate(cert, login, self.remote, now)
+    }
+
+    /// The client proved possession of a certificate's key (`flags`: a security key's
+    /// signature flags).
+    pub fn verified_certificate(
+        &mut self,
+        cert: &Certificate,
+        flags: Option<u8>,
+        login: &str,
+    ) -> Decision {
         if self.done() {
-            return Decision::Reject("already authenticated");
+            return Decision::Reject("already authenticated".into());
+        }
+        let grant = match self.check_certificate(cert, login) {
+            Ok(g) => g,
+            Err(reason) => return Decision::Reject(reason),
+        };
+        let req = SkRequirements {
+            no_touch_required: grant.no_touch_required,
+            verify_required: grant.verify_required,
+        };
+        if let Err(reason) = self.policy.security_key(flags, req) {
+            return Decision::Reject(reason.into());
+        }
+        self.permit = None;
+        self.no_pty = grant
+            .no_pty
+            .then_some("its certificate has no permit-pty extension");
+        self.forced_command = grant.forced_command;
+        self.user = Some(grant.identity.user_id.clone());
+        self.principal = Some(Principal::Identity(grant.identity.clone()));
+        Decision::Accept(grant.identity)
+    }
+
+    /// The client proved possession of `key` (russh verified the signature; `flags`: a
+    /// security key's signature flags).
+    pub async fn verified(&mut self, key: &PublicKey, flags: Option<u8>) -> Decision {
+        if self.done() {
+            return Decision::Reject("already authenticated".into());
+        }
+        if let Some(refusal) = self.policy.key_refusal(key.key_data()) {
+            return Decision::Reject(refusal);
         }
         let fp = fp(key);
         match self.known(key, &fp, true).await {
             Ok(Some((id, options))) => {
+                if let Err(reason) = self.policy.security_key(flags, options.sk_requirements()) {
+                    return Decision::Reject(reason.into());
+                }
                 self.permit = None;
-                self.no_pty = options.no_pty;
+                self.no_pty = options
+                    .no_pty
+                    .then_some("no-pty or restrict in its key file");
                 self.user = Some(id.user_id.clone());
                 self.principal = Some(Principal::Identity(id.clone()));
                 return Decision::Accept(id);
             }
-            Err(reason) => return Decision::Reject(reason),
+            Err(reason) => return Decision::Reject(reason.into()),
             Ok(None) => {}
         }
         self.seen_unknown.insert(fp.clone());
         if !self.device_enabled() {
-            return Decision::Reject("key is not mapped to any user");
+            return Decision::Reject("key is not mapped to any user".into());
+        }
+        // A key bound after sign-in must have been touched when it was proven, as it must
+        // be at every later login.
+        if let Err(reason) = self.policy.security_key(flags, SkRequirements::default()) {
+            return Decision::Reject(reason.into());
         }
         // Only the first proven key is kept: it is the one the client prefers.
         if self.proven.is_none() {
             self.proven = Some(ProvenKey { fingerprint: fp });
         }
-        Decision::Reject("key is not mapped to any user (proven; may be enrolled after sign-in)")
+        Decision::Reject(
+            "key is not mapped to any user (proven; may be enrolled after sign-in)".into(),
+        )
     }
 
     /// keyboard-interactive: `responded` is false for the first request, true for the answer to
@@ -325,6 +416,11 @@ pub fn fp(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 
+/// `SHA256:…` fingerprint of a key's data (a certificate's key, a CA).
+pub fn fp_data(key: &russh::keys::ssh_key::public::KeyData) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,11 +452,20 @@ mod tests {
     async fn unknown_key_is_proven_then_pending_and_a_mapped_key_still_wins() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = auth(dir.path(), true);
-        assert!(a.offered(&key(K1)).await.is_ok(), "unknown key may sign");
-        assert!(matches!(a.verified(&key(K1)).await, Decision::Reject(_)));
-        assert!(a.offered(&key(K1)).await.is_err(), "not signed twice");
+        assert!(
+            a.offered(&key(K1), None, "alice").await.is_ok(),
+            "unknown key may sign"
+        );
+        assert!(matches!(
+            a.verified(&key(K1), None).await,
+            Decision::Reject(_)
+        ));
+        assert!(
+            a.offered(&key(K1), None, "alice").await.is_err(),
+            "not signed twice"
+        );
         // The client tries its next key: the mapped one.
-        match a.verified(&key(K2)).await {
+        match a.verified(&key(K2), None).await {
             Decision::Accept(id) => assert_eq!(id.user_id.as_str(), "alice"),
             other => panic!("{other:?}"),
         }
@@ -372,7 +477,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut a = auth(dir.path(), true);
         // Offered but never signed: must not become the proven key.
-        assert!(a.offered(&key(K1)).await.is_ok());
+        assert!(a.offered(&key(K1), None, "alice").await.is_ok());
         assert_eq!(a.keyboard_interactive(false).await, KbdDecision::Prompt);
         assert_eq!(a.keyboard_interactive(true).await, KbdDecision::Accept);
         match a.take_principal() {
@@ -404,7 +509,7 @@ mod tests {
     async fn without_device_sign_in_unknown_keys_are_refused_early() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = auth(dir.path(), false);
-        assert!(a.offered(&key(K1)).await.is_err());
+        assert!(a.offered(&key(K1), None, "alice").await.is_err());
         assert!(matches!(
             a.keyboard_interactive(false).await,
             KbdDecision::Reject(_)

@@ -3,16 +3,17 @@
 
 use std::sync::Arc;
 
-use russh::keys::ssh_key::PublicKey;
+use russh::keys::ssh_key::{Certificate, PublicKey};
 use russh::server::ChannelOpenHandle;
-use russh::server::{Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::server::{Auth, Msg, PublicKeyOffer, Session, VerifiedCertificate, VerifiedPublicKey};
 use russh::{Channel, ChannelId, Pty};
 use tracing::Span;
 
-use super::auth::{fp, Authenticator, Decision, KbdDecision, Principal};
+use super::auth::{fp, fp_data, Authenticator, Decision, KbdDecision, Principal};
 use super::server::{AuthProgress, Stage};
 use super::session::{Channels, PtyParams, Request};
 use super::SshContext;
+use crate::identity::certs::CertificateInfo;
 use crate::identity::UserId;
 use crate::launcher::{ControlChar, ModeFlag, TermSize, TerminalModes};
 use crate::ops::{Event, Method, RevokedBy};
@@ -44,6 +45,7 @@ impl ConnectionHandler {
                 remote,
             )
             .with_namespaces(ctx.namespaces.clone())
+            .with_policy(ctx.key_policy.clone())
             .with_recheck_from(&ctx),
             ctx,
             span,
@@ -68,13 +70,38 @@ impl ConnectionHandler {
         key: Option<String>,
         failure: Option<&str>,
     ) {
+        self.audit_auth_cert(user, method, key, failure, None);
+    }
+
+    fn audit_auth_cert(
+        &self,
+        user: Option<UserId>,
+        method: Method,
+        key: Option<String>,
+        failure: Option<&str>,
+        certificate: Option<CertificateInfo>,
+    ) {
         self.ctx.ops.emit(Event::Auth {
             user,
             method,
             key,
             remote: self.auth.remote(),
             failure: failure.map(str::to_owned),
+            certificate,
         });
+    }
+
+    fn refuse_certificate(&self, cert: &Certificate, reason: &str) {
+        let key = fp_data(cert.public_key());
+        tracing::info!(parent: &self.span, key, key_id = cert.key_id(), serial = cert.serial(), reason, "certificate refused");
+        let info = CertificateInfo::of(cert, String::new());
+        self.audit_auth_cert(
+            None,
+            Method::Certificate,
+            Some(key),
+            Some(reason),
+            Some(info),
+        );
     }
 
     fn reply(session: &mut Session, channel: ChannelId, ok: bool) -> Result<(), russh::Error> {
@@ -98,15 +125,53 @@ impl russh::server::Handler for ConnectionHandler {
 
     async fn auth_publickey_offered(
         &mut self,
-        _user: &str,
+        user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         self.progress.attempt();
-        match self.auth.offered(offer.public_key).await {
+        match self
+            .auth
+            .offered(offer.public_key, offer.certificate, user)
+            .await
+        {
             Ok(()) => Ok(Auth::Accept),
             Err(reason) => {
-                tracing::info!(parent: &self.span, key = %fp(offer.public_key), reason, "publickey refused");
-                self.audit_auth(None, Method::Key, Some(fp(offer.public_key)), Some(reason));
+                if let Some(cert) = offer.certificate {
+                    self.refuse_certificate(cert, &reason);
+                } else {
+                    tracing::info!(parent: &self.span, key = %fp(offer.public_key), reason, "publickey refused");
+                    self.audit_auth(None, Method::Key, Some(fp(offer.public_key)), Some(&reason));
+                }
+                Ok(reject())
+            }
+        }
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        cert: VerifiedCertificate<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let certificate = cert.certificate;
+        match self
+            .auth
+            .verified_certificate(certificate, cert.signature_flags, user)
+        {
+            Decision::Accept(id) => {
+                self.span.record("user", id.user_id.as_str());
+                let key = id.key_fingerprint.clone();
+                tracing::info!(parent: &self.span, user = %id.user_id, method = %id.method, key_id = certificate.key_id(), serial = certificate.serial(), "authenticated");
+                self.audit_auth_cert(
+                    Some(id.user_id.clone()),
+                    Method::Certificate,
+                    key,
+                    None,
+                    id.certificate.as_deref().cloned(),
+                );
+                Ok(Auth::Accept)
+            }
+            Decision::Reject(reason) => {
+                self.refuse_certificate(certificate, &reason);
                 Ok(reject())
             }
         }
@@ -118,7 +183,7 @@ impl russh::server::Handler for ConnectionHandler {
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         let pk: &PublicKey = key.public_key;
-        let decision = self.auth.verified(pk).await;
+        let decision = self.auth.verified(pk, key.signature_flags).await;
         if let Some(r) = self.auth.take_revoked() {
             self.audit_auth(
                 Some(r.user.clone()),
@@ -146,7 +211,7 @@ impl russh::server::Handler for ConnectionHandler {
             }
             Decision::Reject(reason) => {
                 tracing::info!(parent: &self.span, key = %fp(pk), reason, "publickey refused");
-                self.audit_auth(None, Method::Key, Some(fp(pk)), Some(reason));
+                self.audit_auth(None, Method::Key, Some(fp(pk)), Some(&reason));
                 Ok(reject())
             }
         }
@@ -189,8 +254,17 @@ impl russh::server::Handler for ConnectionHandler {
                 // sign-in proves nothing yet.
                 self.ctx.bans_success(self.auth.remote()).await;
                 self.progress.set(Stage::SignedIn);
-                if self.auth.no_pty() {
-                    self.channels.forbid_pty();
+                if let Some(reason) = self.auth.no_pty() {
+                    self.channels.forbid_pty(reason);
+                }
+                if let Some(command) = self.auth.forced_command() {
+                    // The gateway runs one program; running the certificate's command instead
+                    // would hand the CA's choice of program to whoever holds the certificate.
+                    let line = format!(
+                        "hermes-ssh-gateway: your certificate forces the command {command:?}; this gateway runs only its own program, so it cannot honour that. Ask for a certificate without force-command."
+                    );
+                    self.refuse(&format!("session (certificate force-command {command:?})"));
+                    self.channels.refuse_sessions(line);
                 }
                 self.channels.set_principal(p);
             }
@@ -250,8 +324,8 @@ impl russh::server::Handler for ConnectionHandler {
             modes: terminal_modes(modes),
         };
         let ok = self.channels.pty_request(channel, params);
-        if !ok && self.channels.pty_forbidden() {
-            self.refuse("PTY (no-pty or restrict in the key file)");
+        if let Some(reason) = self.channels.pty_forbidden().filter(|_| !ok) {
+            self.refuse(&format!("PTY ({reason})"));
         }
         Self::reply(session, channel, ok)
     }

@@ -39,6 +39,8 @@ pub struct SessionLimits {
 pub struct SshContext {
     /// Mapped keys.
     pub registry: Arc<KeyRegistry>,
+    /// Revocation, certificates, security keys.
+    pub key_policy: Arc<crate::identity::key_policy::KeyPolicy>,
     /// Which ids identity-provider users may not hold.
     pub namespaces: Arc<crate::identity::namespace::Namespaces>,
     /// What to run (swapped whole on a config reload).

@@ -327,6 +327,7 @@ async fn login_failed(ctx: &WebContext, client: IpAddr, reason: String) {
         key: None,
         remote: Some(client),
         failure: Some(reason),
+        certificate: None,
     });
     if ctx.bans.failure(client).await {
         tracing::warn!(ip = %client, "address banned after repeated failed logins");
@@ -411,6 +412,7 @@ async fn finish_login(
                 key: None,
                 remote: Some(client),
                 failure: None,
+                certificate: None,
             });
             ctx.bans.success(client).await;
             let token = ctx.sessions.create(identity, ctx.session_ttl);

@@ -88,6 +88,29 @@ impl Keypair {
     }
 }
 
+/// A real `ssh-agent` listening on `sock`; killed on drop.
+pub struct Agent(Child);
+
+impl Agent {
+    pub fn start(sock: &Path) -> Agent {
+        let child = Command::new("ssh-agent")
+            .args(["-D", "-a"])
+            .arg(sock)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("ssh-agent runs");
+        assert!(eventually(T, || sock.exists()), "the agent listens");
+        Agent(child)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A gateway process with its own directory, config and log.
 pub struct Gateway {
     child: Option<Child>,

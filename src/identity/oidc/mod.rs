@@ -559,6 +559,7 @@ impl Oidc {
             email: mapped.email,
             display_name: mapped.display_name,
             groups: mapped.groups,
+            certificate: None,
         })
     }
 }

@@ -142,6 +142,7 @@ impl Job {
             key: pending.proven_key.as_ref().map(|k| k.fingerprint.clone()),
             remote: self.remote,
             failure: result.as_ref().err().map(|e| e.to_string()),
+            certificate: None,
         });
         let mut identity = match result {
             Ok(id) => id,

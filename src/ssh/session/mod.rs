@@ -120,8 +120,10 @@ pub struct Channels {
     slots: HashMap<ChannelId, Slot>,
     /// Session channels opened so far, closed ones included.
     opened: usize,
-    /// The key's line says `no-pty` (or `restrict`): no PTY, and no browser terminal either.
-    no_pty: bool,
+    /// Why the key that signed in may have no PTY (and no browser terminal either).
+    no_pty: Option<&'static str>,
+    /// Every session request is refused with this line (a certificate's `force-command`).
+    refusal: Option<String>,
     state: SharedState,
     remote: Option<std::net::IpAddr>,
     progress: Arc<AuthProgress>,
@@ -140,7 +142,8 @@ impl Channels {
             ctx,
             slots: HashMap::new(),
             opened: 0,
-            no_pty: false,
+            no_pty: None,
+            refusal: None,
             state: SharedState::default(),
             remote,
             progress,
@@ -148,14 +151,19 @@ impl Channels {
         }
     }
 
-    /// The key that signed in may not have a PTY.
-    pub fn forbid_pty(&mut self) {
-        self.no_pty = true;
+    /// The key that signed in may not have a PTY, for `reason`.
+    pub fn forbid_pty(&mut self, reason: &'static str) {
+        self.no_pty = Some(reason);
     }
 
-    /// Whether PTYs are refused on this connection.
-    pub fn pty_forbidden(&self) -> bool {
+    /// Why PTYs are refused on this connection, if they are.
+    pub fn pty_forbidden(&self) -> Option<&'static str> {
         self.no_pty
+    }
+
+    /// Every `shell` and `exec` on this connection is answered with `line` and exit status 1.
+    pub fn refuse_sessions(&mut self, line: String) {
+        self.refusal = Some(line);
     }
 
     /// Authentication finished (the listener task times out a pending connection).
@@ -218,7 +226,7 @@ impl Channels {
 
     /// `pty-req`: remembered for the program that starts later. Refused once it runs.
     pub fn pty_request(&mut self, id: ChannelId, pty: PtyParams) -> bool {
-        if self.no_pty {
+        if self.no_pty.is_some() {
             return false;
         }
         match self.slots.get_mut(&id) {
@@ -295,15 +303,19 @@ impl Channels {
                 return false;
             };
             match (&*st, &request) {
+                (ConnState::Identity(_), _) if self.refusal.is_some() => {
+                    Start::Refuse(self.refusal.clone().unwrap_or_default())
+                }
                 (ConnState::Identity(identity), Request::Shell) => {
                     Start::Work(identity.clone(), Work::Program(Vec::new()))
                 }
                 (ConnState::Identity(identity), Request::Exec(cmd)) => {
                     match classify_exec(cmd, self.ctx.exec_policy) {
                         // A browser terminal is a PTY by another road.
-                        Work::Link(_) if self.no_pty => Start::Refuse(
-                            "hermes-ssh-gateway: this key may not open a terminal (no-pty or restrict in its key file), in a browser either".into(),
-                        ),
+                        Work::Link(_) if self.no_pty.is_some() => Start::Refuse(format!(
+                            "hermes-ssh-gateway: this key may not open a terminal ({}), in a browser either",
+                            self.no_pty.unwrap_or_default()
+                        )),
                         work => Start::Work(identity.clone(), work),
                     }
                 }

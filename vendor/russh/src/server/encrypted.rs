@@ -14,7 +14,6 @@
 //
 use core::str;
 use std::cell::RefCell;
-use std::time::SystemTime;
 
 use auth::*;
 use byteorder::{BigEndian, ByteOrder};
@@ -1110,21 +1109,9 @@ impl Encrypted {
                 let pubkey = match pk_or_cert {
                     PublicKeyOrCertificate::PublicKey { ref key, .. } => key.clone(),
                     PublicKeyOrCertificate::Certificate(ref cert) => {
-                        // Validate certificate expiration. The bounds are None
-                        // for OpenSSH's "always valid" sentinels (PROTOCOL.certkeys),
-                        // which skips the corresponding check.
-                        let now = SystemTime::now();
-                        if cert.valid_after_time().map(|t| now < t).unwrap_or_default()
-                            || cert
-                                .valid_before_time()
-                                .map(|t| now > t)
-                                .unwrap_or_default()
-                        {
-                            warn!("Certificate is expired or not yet valid");
-                            reject_auth_request(until, &mut self.write, auth_request).await?;
-                            return Ok(());
-                        }
-
+                        // The validity window is the handler's to check (with its own clock
+                        // tolerance, and so that it can tell the user and audit why);
+                        // see PATCHED.md.
                         // Verify the certificate’s signature
                         if cert.verify_signature().is_err() {
                             warn!("Certificate signature is invalid");
@@ -1200,6 +1187,7 @@ impl Encrypted {
                         let offer = PublicKeyOffer {
                             public_key: &pubkey,
                             algorithm: &algorithm,
+                            certificate: pk_or_cert.certificate(),
                         };
                         let auth = handler.auth_publickey_offered(user, offer).await?;
                         auth == Auth::Accept
@@ -1217,15 +1205,22 @@ impl Encrypted {
                             Ok(Verifier::verify(&pubkey, &buf, &sig).is_ok())
                         })? {
                             debug!("signature verified");
+                            let signature_flags = security_key_flags(&sig);
                             let auth = match pk_or_cert {
                                 PublicKeyOrCertificate::PublicKey { ref key, .. } => {
                                     let key = VerifiedPublicKey {
                                         public_key: key,
                                         algorithm: &algorithm,
+                                        signature_flags,
                                     };
                                     handler.auth_publickey(user, key).await?
                                 }
                                 PublicKeyOrCertificate::Certificate(ref cert) => {
+                                    let cert = VerifiedCertificate {
+                                        certificate: cert,
+                                        algorithm: &algorithm,
+                                        signature_flags,
+                                    };
                                     handler.auth_openssh_certificate(user, cert).await?
                                 }
                             };
@@ -1271,6 +1266,7 @@ impl Encrypted {
                     let offer = PublicKeyOffer {
                         public_key: &pubkey,
                         algorithm: &algorithm,
+                        certificate: pk_or_cert.certificate(),
                     };
                     let auth = handler.auth_publickey_offered(user, offer).await?;
                     match auth {
@@ -1323,6 +1319,19 @@ impl Encrypted {
                 e => Err(crate::Error::from(e).into()),
             },
         }
+    }
+}
+
+/// The flags byte of a security-key signature (`sk-*` algorithms, PROTOCOL.u2f): bit 0 is
+/// user presence, bit 2 user verification. `None` for other signatures.
+fn security_key_flags(sig: &Signature) -> Option<u8> {
+    match sig.algorithm() {
+        ssh_key::Algorithm::SkEd25519 | ssh_key::Algorithm::SkEcdsaSha2NistP256 => {
+            // ssh-key keeps the trailer (flags u8, counter u32) after the signature bytes.
+            let data = sig.as_bytes();
+            data.len().checked_sub(5).and_then(|i| data.get(i)).copied()
+        }
+        _ => None,
     }
 }
 

@@ -223,6 +223,10 @@ pub struct PublicKeyOffer<'a> {
     /// signature algorithm the certificate type maps to (for example
     /// `rsa-sha2-256` for `rsa-sha2-256-cert-v01@openssh.com`).
     pub algorithm: &'a ssh_key::Algorithm,
+    /// The OpenSSH certificate `public_key` comes from, when the client offered one. Its
+    /// signature by its CA is checked; its validity window is not (see
+    /// [`Handler::auth_openssh_certificate`]).
+    pub certificate: Option<&'a Certificate>,
 }
 
 /// A public key whose ownership has been verified, passed to
@@ -239,6 +243,23 @@ pub struct VerifiedPublicKey<'a> {
     /// algorithm named in the request (`ssh-rsa`, `rsa-sha2-256`,
     /// `ssh-ed25519`, ...).
     pub algorithm: &'a ssh_key::Algorithm,
+    /// For a security-key signature (`sk-ssh-ed25519@openssh.com`,
+    /// `sk-ecdsa-sha2-nistp256@openssh.com`): its flags byte (PROTOCOL.u2f; 0x01 user
+    /// presence, 0x04 user verification). `None` for other keys.
+    pub signature_flags: Option<u8>,
+}
+
+/// An OpenSSH certificate whose key's ownership has been verified, passed to
+/// [`Handler::auth_openssh_certificate`].
+#[derive(Debug)]
+pub struct VerifiedCertificate<'a> {
+    /// The certificate. Its signature by its CA has been checked; its validity window,
+    /// type, principals and options have not.
+    pub certificate: &'a Certificate,
+    /// The algorithm of the verified signature.
+    pub algorithm: &'a ssh_key::Algorithm,
+    /// As [`VerifiedPublicKey::signature_flags`], for a security-key certificate.
+    pub signature_flags: Option<u8>,
 }
 
 /// Server handler. Each client will have their own handler.
@@ -329,13 +350,17 @@ pub trait Handler: Sized {
     /// is called after the signature has been verified and key
     /// ownership has been confirmed.
     ///
+    /// Only the certificate's signature by its CA has been checked: the handler decides on
+    /// the CA, the validity window (so that it can allow for clock skew), the type, the
+    /// principals and the options.
+    ///
     /// Russh makes sure rejection takes a constant [`Config::auth_rejection_time`],
     /// except if this method takes more than that.
     #[allow(unused_variables)]
     fn auth_openssh_certificate(
         &mut self,
         user: &str,
-        certificate: &Certificate,
+        certificate: VerifiedCertificate<'_>,
     ) -> impl Future<Output = Result<Auth, Self::Error>> + Send {
         async { Ok(Auth::reject()) }
     }
