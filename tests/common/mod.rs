@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod idp;
 pub mod rawssh;
 pub mod redis;
+pub mod softkey;
 pub mod webclient;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_hermes-ssh-gateway");
