@@ -128,14 +128,17 @@ pub(crate) async fn serve(config: Config, config_path: PathBuf) -> anyhow::Resul
     let hub = Arc::new(hermes_ssh_gateway::sessions::Hub::default());
     let admin_listener = admin::bind(&config.admin.socket)
         .with_context(|| format!("[admin] socket {}", config.admin.socket.display()))?;
+    let admin_state = admin::AdminState {
+        sessions: ops.sessions.clone(),
+        enrollments: shared.enrollments.clone(),
+        ops: ops.clone(),
+        hub: hub.clone(),
+    };
+    let operators = admin::Operators::new(&config.admin.users, &config.admin.groups)
+        .map_err(anyhow::Error::msg)?;
     tokio::spawn(admin::serve(
         admin_listener,
-        admin::AdminState {
-            sessions: ops.sessions.clone(),
-            enrollments: shared.enrollments.clone(),
-            ops: ops.clone(),
-            hub: hub.clone(),
-        },
+        admin_state.clone(),
         background.clone(),
     ));
     if let Some(r) = &shared.redis {
@@ -158,6 +161,10 @@ pub(crate) async fn serve(config: Config, config_path: PathBuf) -> anyhow::Resul
             max_per_user: config.limits.max_detached_per_user,
         },
         recording_dir: config.recording.as_ref().map(|r| r.dir.clone()),
+        admin: Arc::new(hermes_ssh_gateway::ssh::AdminAccess {
+            state: admin_state,
+            operators,
+        }),
     };
     let web_link = match &config.web {
         Some(w) => {
@@ -344,6 +351,7 @@ struct Parts {
     shutdown: Shutdown,
     detach: hermes_ssh_gateway::sessions::DetachPolicy,
     recording_dir: Option<PathBuf>,
+    admin: Arc<hermes_ssh_gateway::ssh::AdminAccess>,
 }
 
 /// Binds and starts the web front; the SSH front's `link` needs what it returns.
@@ -406,6 +414,7 @@ fn ssh_context(
     SshContext {
         registry,
         key_policy,
+        admin: p.admin,
         namespaces: p.namespaces,
         launch: p.launch,
         ops: p.ops,

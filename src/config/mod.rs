@@ -154,12 +154,19 @@ pub struct MetricsConfig {
 pub struct AdminConfig {
     /// The admin socket (mode 0600); `hermes-ssh-gateway sessions` talks to it.
     pub socket: PathBuf,
+    /// User ids that may use the operator's views from their own SSH session
+    /// (`ssh -t host admin`, `ssh host admin sessions`).
+    pub users: Vec<String>,
+    /// IdP groups whose members may do the same (groups of the validated token).
+    pub groups: Vec<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             socket: PathBuf::from("state/admin.sock"),
+            users: Vec::new(),
+            groups: Vec::new(),
         }
     }
 }

@@ -76,9 +76,10 @@ pub async fn recheck(
         return Recheck::Admit;
     };
     match renew(oidc, token, enrollment).await {
-        Ok(next) => {
+        Ok((next, groups)) => {
             let mut updated = enrollment.clone();
             updated.checked_at = Some(unix_now());
+            updated.groups = groups;
             // Providers that rotate refresh tokens invalidate the old one now.
             if let Some(t) = next {
                 updated.refresh_token = Some(RefreshToken::new(t.expose_secret().to_owned()));
@@ -129,12 +130,12 @@ impl Drop for Flight {
 }
 
 /// Renews the refresh token and checks the new ID token as a sign-in would; returns the
-/// rotated refresh token, if the IdP issued one.
+/// rotated refresh token, if the IdP issued one, and the user's groups as the token says.
 async fn renew(
     oidc: &Arc<Oidc>,
     token: &RefreshToken,
     enrollment: &Enrollment,
-) -> Result<Option<SecretString>, Failure> {
+) -> Result<(Option<SecretString>, Vec<String>), Failure> {
     let unreachable = |e: FlowError| Failure::Unreachable(e.to_string());
     let d = oidc.current().map_err(unreachable)?;
     let Some(endpoint) = d.token_endpoint.clone() else {
@@ -189,5 +190,5 @@ async fn renew(
             identity.user_id, enrollment.user_id
         )));
     }
-    Ok(tokens.refresh_token)
+    Ok((tokens.refresh_token, identity.groups))
 }

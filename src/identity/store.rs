@@ -52,6 +52,10 @@ pub struct Enrollment {
     /// Unix seconds of the IdP's last word on the user (the sign-in, then each re-check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checked_at: Option<u64>,
+    /// The user's groups as the IdP's last validated token listed them (the sign-in, then
+    /// each re-check).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 /// A refresh token at rest: stored with the enrollment (mode 0600 file or Redis), never
@@ -91,6 +95,7 @@ impl Enrollment {
             last_used: None,
             refresh_token: None,
             checked_at: Some(now),
+            groups: identity.groups.clone(),
         }
     }
 
@@ -122,7 +127,7 @@ impl Enrollment {
             key_fingerprint: Some(fingerprint.to_owned()),
             email: self.email.clone(),
             display_name: self.display_name.clone(),
-            groups: Vec::new(),
+            groups: self.groups.clone(),
             certificate: None,
         }
     }

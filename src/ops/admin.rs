@@ -3,6 +3,9 @@
 //! `list` → `[{"id":…,"user":…,…}]`; `end <id>` → `{"ended":true|false}`. `watch <id>` answers
 //! one JSON line (`{"watching":…}` or `{"error":…}`) and then streams the session's terminal,
 //! read-only, until the session ends or the operator closes the socket.
+//!
+//! The same requests serve operators by identity (`[admin] users`/`groups`), who use them from
+//! their own SSH session (`ssh host admin …`) without access to the socket; see [`Operators`].
 
 use std::path::Path;
 use std::sync::Arc;
@@ -122,14 +125,15 @@ async fn handle(stream: UnixStream, state: AdminState) {
         if let Some(id) = line.strip_prefix("watch ") {
             return watch(&state, id.trim(), lines, w).await;
         }
-        let answer = answer(&state, &line).await;
+        let answer = answer(&state, &line, &super::Actor::Operator).await;
         if w.write_all(format!("{answer}\n").as_bytes()).await.is_err() {
             return;
         }
     }
 }
 
-async fn answer(state: &AdminState, line: &str) -> String {
+/// One request line's JSON answer; `actor` is who asks (for the log).
+pub async fn answer(state: &AdminState, line: &str, actor: &super::Actor) -> String {
     use serde_json::json;
     let mut words = line.split_whitespace();
     match (words.next(), words.next()) {
@@ -140,7 +144,8 @@ async fn answer(state: &AdminState, line: &str) -> String {
             Ok(id) => {
                 let ended = state.sessions.end(id);
                 if ended {
-                    tracing::info!(session_id = id, "session ended by the operator");
+                    let by = serde_json::to_string(actor).unwrap_or_default();
+                    tracing::info!(session_id = id, by, "session ended by an operator");
                 }
                 json!({"ended": ended}).to_string()
             }
@@ -195,39 +200,114 @@ async fn watch(
     mut w: tokio::net::unix::OwnedWriteHalf,
 ) {
     use serde_json::json;
-    let found = id.parse::<u64>().ok().and_then(|n| state.hub.by_record(n));
-    let Some(session) = found else {
-        let why = json!({"error": format!("no session {id} that can be watched (sessions are watchable while [session] detach_timeout is on)")});
-        let _ = w.write_all(format!("{why}\n").as_bytes()).await;
-        return;
+    let session = match watchable(state, id) {
+        Ok(s) => s,
+        Err(why) => {
+            let why = json!({ "error": why });
+            let _ = w.write_all(format!("{why}\n").as_bytes()).await;
+            return;
+        }
     };
     let head = json!({"watching": session.live.id, "session": session.id, "user": session.user});
     if w.write_all(format!("{head}\n").as_bytes()).await.is_err() {
         return;
     }
+    // Whatever the operator types is read and dropped; closing the socket ends the watch.
+    let operator_left = async { while let Ok(Some(_)) = lines.next_line().await {} };
+    let who = (super::Actor::Operator, None);
+    watch_into(state, &session, Box::new(w), who, operator_left).await;
+}
+
+/// The session `id` (as `list` numbers them) if it can be watched.
+pub fn watchable(state: &AdminState, id: &str) -> Result<Arc<crate::sessions::Running>, String> {
+    id.parse::<u64>()
+        .ok()
+        .and_then(|n| state.hub.by_record(n))
+        .ok_or_else(|| format!("no session {id} on this node that can be watched (sessions are watchable while [session] detach_timeout is on)"))
+}
+
+/// `actor` (connected from `remote`) watches `session` read-only through `sink` until `left`
+/// completes or the session ends; the owner is told, and both ends are audited.
+pub async fn watch_into(
+    state: &AdminState,
+    session: &Arc<crate::sessions::Running>,
+    sink: crate::sessions::Sink,
+    (actor, remote): (super::Actor, Option<std::net::IpAddr>),
+    left: impl std::future::Future<Output = ()>,
+) {
+    let who = match &actor {
+        super::Actor::Admin(u) => format!("the operator {u}"),
+        _ => "the operator".into(),
+    };
     let joining = crate::sessions::Joining {
-        who: "the operator".into(),
+        who,
         size: None,
         watcher: true,
         restore: true,
     };
-    let attachment = session.attach(Box::new(w), joining).await;
+    let attachment = session.attach(sink, joining).await;
     let audit = |what| super::Event::Attachment {
         owner: session.user.clone(),
-        actor: super::Actor::Operator,
+        actor: actor.clone(),
         session: session.id.clone(),
-        remote: None,
+        remote,
         what,
     };
     state.ops.emit(audit(super::AttachmentKind::WatchStart));
-    tracing::info!(owner = %session.user, session = session.id, "the operator is watching");
-    // Whatever the operator types is read and dropped; closing the socket ends the watch.
-    let operator_left = async { while let Ok(Some(_)) = lines.next_line().await {} };
+    tracing::info!(owner = %session.user, session = session.id, "an operator is watching");
     tokio::select! {
-        _ = operator_left => session.detach(&attachment).await,
+        _ = left => session.detach(&attachment).await,
         _ = attachment.gone.cancelled() => attachment.flushed().await,
     }
     state.ops.emit(audit(super::AttachmentKind::WatchEnd));
+}
+
+/// `[admin] users` and `groups`: who may use the operator's views from their own session.
+#[derive(Debug, Default)]
+pub struct Operators {
+    users: std::collections::HashSet<crate::identity::UserId>,
+    groups: std::collections::HashSet<String>,
+}
+
+impl Operators {
+    /// Parses the configured ids; the error names a bad one.
+    pub fn new(users: &[String], groups: &[String]) -> Result<Operators, String> {
+        let users = users
+            .iter()
+            .map(|u| {
+                crate::identity::UserId::parse(u)
+                    .map_err(|e| format!("[admin] users: {u:?} is not a user id ({e})"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Operators {
+            users,
+            groups: groups.iter().cloned().collect(),
+        })
+    }
+
+    /// Whether anyone is an operator by identity.
+    pub fn any(&self) -> bool {
+        !self.users.is_empty() || !self.groups.is_empty()
+    }
+
+    /// Whether `identity` is an operator; the error is the line the refused user reads.
+    /// Groups are those of the identity provider's last validated token (the sign-in that
+    /// enrolled the key, then each re-check); mapped keys and certificates carry none.
+    pub fn admit(&self, identity: &crate::identity::Identity) -> Result<(), String> {
+        if self.users.contains(&identity.user_id)
+            || identity.groups.iter().any(|g| self.groups.contains(g))
+        {
+            return Ok(());
+        }
+        let mut why = format!(
+            "{} is not an operator here ([admin] users or groups in the gateway's configuration)",
+            identity.user_id
+        );
+        if !self.groups.is_empty() && identity.groups.is_empty() {
+            why.push_str("; operator groups are those your identity provider's token listed when you signed in, and a key from a key file or a certificate carries none");
+        }
+        Err(why)
+    }
 }
 
 /// [`request`] for a program without a runtime (the CLI).

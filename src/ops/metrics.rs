@@ -207,6 +207,12 @@ impl Metrics {
             Event::Refused { .. } => {
                 self.refused.inc();
             }
+            // A refused admin use is a refusal like any other; an allowed one is not counted.
+            Event::Admin { refused, .. } => {
+                if refused.is_some() {
+                    self.refused.inc();
+                }
+            }
             Event::Ticket { op, purpose, ok } => {
                 let labels = TicketLabels {
                     op: match op {

@@ -158,6 +158,8 @@ pub enum Actor {
     User(UserId),
     /// The operator (`hermes-ssh-gateway sessions`).
     Operator,
+    /// A user named an operator in `[admin] users`/`groups`, from their own session.
+    Admin(UserId),
 }
 
 impl Serialize for Actor {
@@ -165,6 +167,7 @@ impl Serialize for Actor {
         match self {
             Actor::User(u) => u.serialize(s),
             Actor::Operator => s.serialize_str("operator"),
+            Actor::Admin(u) => s.serialize_str(&format!("operator:{u}")),
         }
     }
 }
@@ -243,6 +246,17 @@ pub enum Event {
         remote: Option<IpAddr>,
         /// What was refused, as the log line says it.
         what: String,
+    },
+    /// A user asked for the operator's views (`ssh host admin …`), allowed or refused.
+    Admin {
+        /// Who asked.
+        user: UserId,
+        /// Source address, when known.
+        remote: Option<IpAddr>,
+        /// What they asked for (`console`, `sessions`, `end 7`, `watch 7`).
+        command: String,
+        /// Why it was refused (`None`: allowed).
+        refused: Option<String>,
     },
     /// A key was bound to a user after a device sign-in.
     Enrolled {
@@ -339,6 +353,14 @@ enum Record<'a> {
         user_id: &'a Option<UserId>,
         remote: &'a Option<IpAddr>,
         what: &'a str,
+    },
+    Admin {
+        user_id: &'a UserId,
+        remote: &'a Option<IpAddr>,
+        command: &'a str,
+        allowed: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: &'a Option<String>,
     },
     Enrolled(KeyRecord<'a>),
     Logout(KeyRecord<'a>),
@@ -459,6 +481,18 @@ impl Event {
                 user_id: user,
                 remote,
                 what,
+            },
+            Event::Admin {
+                user,
+                remote,
+                command,
+                refused,
+            } => Record::Admin {
+                user_id: user,
+                remote,
+                command,
+                allowed: refused.is_none(),
+                reason: refused,
             },
             Event::Enrolled { user, key } => Record::Enrolled(KeyRecord {
                 user_id: user,

@@ -41,6 +41,8 @@ pub struct SshContext {
     pub registry: Arc<KeyRegistry>,
     /// Revocation, certificates, security keys.
     pub key_policy: Arc<crate::identity::key_policy::KeyPolicy>,
+    /// The operator's views, for operators by identity (`ssh host admin`).
+    pub admin: Arc<AdminAccess>,
     /// Which ids identity-provider users may not hold.
     pub namespaces: Arc<crate::identity::namespace::Namespaces>,
     /// What to run (swapped whole on a config reload).
@@ -88,6 +90,14 @@ impl SshContext {
             self.bans.success(ip).await;
         }
     }
+}
+
+/// What `ssh host admin` needs: the admin socket's requests, and who may make them.
+pub struct AdminAccess {
+    /// The same state the admin socket serves.
+    pub state: crate::ops::admin::AdminState,
+    /// `[admin] users` and `groups`.
+    pub operators: crate::ops::admin::Operators,
 }
 
 /// What `ssh host link` needs: the shared ticket store and where the browser goes.

@@ -1,6 +1,9 @@
 //! `hermes-ssh-gateway sessions`: the live sessions of a running gateway, like `top`; select one
 //! to watch it read-only (`w`) or end it (`e`). `--json` prints the list once for scripts,
 //! `--watch ID` watches one directly. Talks to the admin socket.
+//!
+//! [`Console`] is the same view for an operator by identity (`ssh -t host admin`): the SSH
+//! front feeds it keys and writes its frames, as with the session picker.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -112,6 +115,117 @@ fn state(r: &SessionRow) -> String {
     s
 }
 
+/// The table and the status line under it; `selected` is highlighted (and kept in view).
+struct View<'a> {
+    rows: &'a [SessionRow],
+    selected: usize,
+    status: &'a str,
+    title: &'a str,
+}
+
+impl ratatui::widgets::Widget for View<'_> {
+    fn render(self, area: ratatui::layout::Rect, buf: &mut ratatui::buffer::Buffer) {
+        use ratatui::widgets::StatefulWidget;
+        let [top, bottom] =
+            Layout::vertical([Constraint::Fill(1), Constraint::Length(1)]).areas(area);
+        let header = Row::new(
+            COLUMNS
+                .map(|(h, _)| Cell::from(h).style(Style::default().add_modifier(Modifier::BOLD))),
+        );
+        let body = self.rows.iter().map(|r| Row::new(cells(r)));
+        let table = Table::new(body, COLUMNS.map(|(_, w)| w))
+            .header(header)
+            .row_highlight_style(Style::default().bg(Color::Blue).fg(Color::White))
+            .block(Block::bordered().title(format!(" {} ({}) ", self.title, self.rows.len())));
+        let mut state = TableState::default().with_selected(Some(self.selected));
+        StatefulWidget::render(table, top, buf, &mut state);
+        ratatui::widgets::Widget::render(Paragraph::new(Line::from(self.status)), bottom, buf);
+    }
+}
+
+const HELP: &str = "↑/↓ select · w watch (q stops) · e end the selected session · q quit";
+
+/// What an operator asked for in a [`Console`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleAction {
+    /// Leave the console.
+    Quit,
+    /// Watch this session (by the id the list shows).
+    Watch(u64),
+    /// End this session.
+    End(u64),
+}
+
+/// The sessions console drawn into bytes, for a terminal at the other end of a channel.
+#[derive(Debug)]
+pub struct Console {
+    rows: Vec<SessionRow>,
+    selected: usize,
+    /// The line under the table.
+    pub status: String,
+}
+
+impl Console {
+    /// A console over `rows`, the first selected.
+    pub fn new(rows: Vec<SessionRow>) -> Console {
+        Console {
+            rows,
+            selected: 0,
+            status: HELP.into(),
+        }
+    }
+
+    /// New rows (a refresh); the selection stays in range.
+    pub fn set_rows(&mut self, rows: Vec<SessionRow>) {
+        self.selected = self.selected.min(rows.len().saturating_sub(1));
+        self.rows = rows;
+    }
+
+    /// Handles the bytes of one read from the terminal; `Some` for what needs the gateway.
+    pub fn key(&mut self, mut bytes: &[u8]) -> Option<ConsoleAction> {
+        while !bytes.is_empty() {
+            // (bytes used, rows to move, what to do)
+            let (step, by, act) = match bytes {
+                [0x1b, b'[' | b'O', b'A', ..] => (3, -1, None),
+                [0x1b, b'[' | b'O', b'B', ..] => (3, 1, None),
+                [0x1b, b'[', b'3', b'~', ..] => (4, 0, Some('e')),
+                [b'k', ..] => (1, -1, None),
+                [b'j', ..] => (1, 1, None),
+                [b'w' | b'\r' | b'\n', ..] => (1, 0, Some('w')),
+                [b'e', ..] => (1, 0, Some('e')),
+                [b'q' | 0x1b | 0x03 | 0x04, ..] => return Some(ConsoleAction::Quit),
+                _ => (1, 0, None),
+            };
+            let last = self.rows.len().saturating_sub(1);
+            self.selected = self.selected.saturating_add_signed(by).min(last);
+            let id = self.rows.get(self.selected).map(|r| r.id);
+            match (act, id) {
+                (Some('w'), Some(id)) => return Some(ConsoleAction::Watch(id)),
+                (Some(_), Some(id)) => return Some(ConsoleAction::End(id)),
+                _ => {}
+            }
+            bytes = &bytes[step..];
+        }
+        None
+    }
+
+    /// The console drawn for a `cols`×`rows` terminal (alternate screen entered).
+    pub fn render(&self, cols: u16, rows: u16) -> Vec<u8> {
+        let mut out = super::picker::ENTER.to_vec();
+        let area = super::screen_area(cols, rows, 60, 6);
+        let view = View {
+            rows: &self.rows,
+            selected: self.selected,
+            status: &self.status,
+            title: "hermes-ssh-gateway sessions",
+        };
+        if let Some(drawn) = super::draw(area, view) {
+            out.extend_from_slice(&drawn);
+        }
+        out
+    }
+}
+
 /// The list, once.
 pub fn fetch(socket: &Path) -> std::io::Result<Vec<SessionRow>> {
     let line = block_on(request(socket, "list"))??;
@@ -128,7 +242,7 @@ pub fn end(socket: &Path, id: u64) -> std::io::Result<bool> {
 /// What to write after watching, so the operator's terminal is left as it was whatever modes the
 /// watched program had set: main screen, no mouse reporting, no bracketed paste, normal keypad,
 /// visible cursor, plain attributes.
-const RESET_MODES: &[u8] =
+pub const RESET_MODES: &[u8] =
     b"\x1b[?1049l\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?2004l\x1b[?1l\x1b>\x1b[?25h\x1b[0m\r\n";
 
 /// Watches session `id` read-only in this terminal (it must be in raw mode) until `q` or
@@ -219,26 +333,17 @@ pub fn run(socket: &Path) -> std::io::Result<()> {
     let mut rows = fetch(socket)?;
     let mut terminal = ratatui::try_init()?;
     let mut state = TableState::default().with_selected(Some(0));
-    let mut status =
-        String::from("↑/↓ select · w watch (q stops) · e end the selected session · q quit");
+    let mut status = String::from(HELP);
     let result = (|| -> std::io::Result<()> {
         loop {
             terminal.draw(|f| {
-                let [top, bottom] =
-                    Layout::vertical([Constraint::Fill(1), Constraint::Length(1)]).areas(f.area());
-                let header = Row::new(COLUMNS.map(|(h, _)| {
-                    Cell::from(h).style(Style::default().add_modifier(Modifier::BOLD))
-                }));
-                let body = rows.iter().map(|r| Row::new(cells(r)));
-                let table = Table::new(body, COLUMNS.map(|(_, w)| w))
-                    .header(header)
-                    .row_highlight_style(Style::default().bg(Color::Blue).fg(Color::White))
-                    .block(
-                        Block::bordered()
-                            .title(format!(" hermes-ssh-gateway sessions ({}) ", rows.len())),
-                    );
-                f.render_stateful_widget(table, top, &mut state);
-                f.render_widget(Paragraph::new(Line::from(status.clone())), bottom);
+                let view = View {
+                    rows: &rows,
+                    selected: state.selected().unwrap_or(0),
+                    status: &status,
+                    title: "hermes-ssh-gateway sessions",
+                };
+                f.render_widget(view, f.area());
             })?;
             if event::poll(Duration::from_secs(1))? {
                 if let Event::Key(k) = event::read()? {

@@ -30,6 +30,8 @@ pub enum Work {
     Share(String),
     /// Watch a session shared with this token (read-only).
     Watch(String),
+    /// The operator's views (`admin`, `admin sessions`, …), for operators by identity.
+    Admin(Vec<String>),
     /// Refuse with this message.
     Refuse(String),
 }
@@ -49,11 +51,12 @@ pub fn classify_exec(command: &str, policy: ExecPolicy) -> Work {
         Some("end") if words.len() == 2 => Work::End(words[1].clone()),
         Some("share") if words.len() == 2 => Work::Share(words[1].clone()),
         Some("watch") if words.len() == 2 => Work::Watch(words[1].clone()),
+        Some("admin") => Work::Admin(words[1..].to_vec()),
         None => Work::Program(Vec::new()),
         Some(_) => match policy {
             ExecPolicy::Args => Work::Program(words),
             ExecPolicy::Refuse => Work::Refuse(format!(
-                "hermes-ssh-gateway: command {:?} is not available here; built-ins: whoami, link, logout, keys, keys revoke SHA256:…, sessions, attach ID, new, end ID, share ID, watch TOKEN (or connect without a command)",
+                "hermes-ssh-gateway: command {:?} is not available here; built-ins: whoami, link, logout, keys, keys revoke SHA256:…, sessions, attach ID, new, end ID, share ID, watch TOKEN, admin (operators) (or connect without a command)",
                 command.trim()
             )),
         },
@@ -108,6 +111,7 @@ impl Job {
             },
             Work::Share(id) => self.share(&identity, &id).await,
             Work::Watch(token) => self.watch(&identity, &token).await,
+            Work::Admin(args) => self.admin(identity, args).await,
             Work::End(id) => match self.ctx.hub.own(&identity.user_id, &id) {
                 Some(session) => {
                     session.live.end_with("ended by its user");

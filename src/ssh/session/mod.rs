@@ -33,6 +33,7 @@ use crate::ssh::SshContext;
 use crate::tui::picker::{Choice, Entry as PickerEntry, Picker};
 use secrecy::ExposeSecret;
 
+mod admin;
 mod commands;
 mod job;
 
