@@ -37,6 +37,10 @@ pub struct OidcConfig {
     /// When non-empty, only verified emails in these domains may sign in.
     #[serde(default)]
     pub allowed_email_domains: Vec<String>,
+    /// The tenants (`tid`) a multi-tenant issuer admits: Microsoft Entra ID's `…/common/v2.0`
+    /// or `…/organizations/v2.0` serves every tenant, so the gateway needs this to use one.
+    #[serde(default)]
+    pub allowed_tenants: Vec<String>,
     /// How long a key proven during a device login stays bound to the user ("0s": never bound).
     #[serde(default = "default_enroll_ttl", with = "humantime_serde")]
     pub enroll_ttl: Duration,
@@ -140,6 +144,7 @@ impl From<&OidcConfig> for crate::identity::oidc::OidcSettings {
                 allowed_email_domains: o.allowed_email_domains.clone(),
             },
             leeway: o.leeway,
+            allowed_tenants: o.allowed_tenants.clone(),
         }
     }
 }

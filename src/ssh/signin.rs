@@ -156,13 +156,20 @@ fn text_lines(challenge: &Challenge, status: &str, note: Option<&str>) -> Vec<Li
     let code = Style::default()
         .fg(Color::Yellow)
         .add_modifier(Modifier::BOLD);
-    let mut lines = vec![Line::from(vec![
-        Span::raw("Open "),
-        Span::styled(challenge.best_uri().to_owned(), bold),
-        Span::raw(" on any device,"),
-    ])];
+    let mut lines = Vec::new();
+    // Without a complete URL (Google, Entra ID) the code must be typed: one line says both.
+    let go = if challenge.verification_uri_complete.is_some() {
+        lines.push(Line::from(vec![
+            Span::raw("Open "),
+            Span::styled(challenge.best_uri().to_owned(), bold),
+            Span::raw(" on any device,"),
+        ]));
+        "or go to "
+    } else {
+        "Go to "
+    };
     lines.push(Line::from(vec![
-        Span::raw("or go to "),
+        Span::raw(go),
         Span::styled(challenge.verification_uri.clone(), bold),
         Span::raw(" and enter  "),
         Span::styled(challenge.user_code.clone(), code),
@@ -181,11 +188,13 @@ fn text_lines(challenge: &Challenge, status: &str, note: Option<&str>) -> Vec<Li
 /// The same as text lines for a session without a PTY.
 pub fn plain_text(challenge: &Challenge, note: Option<&str>) -> String {
     let mut s = String::from("\r\n  Sign in to Hermes\r\n");
+    let go = match &challenge.verification_uri_complete {
+        Some(complete) => format!("  Open {complete} on any device,\r\n  or go to "),
+        None => "  Go to ".to_owned(),
+    };
     s.push_str(&format!(
-        "  Open {} on any device,\r\n  or go to {} and enter  {}\r\n\r\n",
-        challenge.best_uri(),
-        challenge.verification_uri,
-        challenge.user_code
+        "{go}{} and enter  {}\r\n\r\n",
+        challenge.verification_uri, challenge.user_code
     ));
     if let Some(qr) = qr_lines(challenge.best_uri()) {
         for l in qr {

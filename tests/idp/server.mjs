@@ -5,9 +5,20 @@
 // Prints one JSON line {"issuer": "http://127.0.0.1:PORT"} on stdout once it listens.
 //
 // Test controls (plain HTTP, JSON):
-//   POST /test/config {"slow_down": N, "token_mode": "normal|foreign_aud|foreign_key|alg_none|hs256_pubkey"}
+//   POST /test/config {"slow_down": N, "token_mode": "normal|foreign_aud|foreign_key|alg_none|hs256_pubkey",
+//                      "vendor": "standard|google|entra|okta", "tenant": "…", "token_delay_ms": N}
 //        slow_down: answer the next N token requests with `slow_down`
 //        token_mode: rewrite the ID token of the next token responses (to test the gateway's checks)
+//        vendor: behave as that vendor's device flow is documented to (VENDOR=… at start too):
+//          google: `verification_url` instead of `verification_uri`, no `verification_uri_complete`
+//                  (the client must be the confidential one: polling needs the client secret);
+//          entra:  no `verification_uri_complete`, a `message` field, and the multi-tenant
+//                  issuer: /common/v2.0/.well-known/openid-configuration says
+//                  issuer "…/{tenantid}/v2.0", ID tokens carry iss "…/<tenant>/v2.0" and `tid`;
+//          okta:   (also Keycloak, Authentik, Dex) groups only in the custom claim
+//                  `hermes_groups`, `verification_uri_complete` present;
+//        tenant: the `tid` of Entra-mode ID tokens (default "11111111-2222-3333-4444-555555555555")
+//        token_delay_ms: every token response is held this long (a slow token endpoint)
 //   GET  /test/polls  -> {"count": N, "times": [ms since epoch, ...]} token requests seen
 //   POST /test/users {"user": "alice", "groups": [...], "disabled": true|false}
 //        changes a user as an IdP admin would (a disabled user is unknown to every grant)
@@ -23,7 +34,8 @@ import Provider from 'oidc-provider';
 import * as jose from 'jose';
 
 const PORT = Number(process.env.PORT || 0);
-const INTERVAL = Number(process.env.INTERVAL || 1);
+// INTERVAL=0: the device authorization response has no `interval` (as oidc-provider's own).
+const INTERVAL = Number(process.env.INTERVAL ?? 1);
 const DEVICE_TTL = Number(process.env.DEVICE_TTL || 600);
 const REDIRECT_URIS = (process.env.REDIRECT_URIS || 'http://127.0.0.1/unused').split(',');
 
@@ -42,7 +54,10 @@ const USERS = {
   },
 };
 
-const state = { slowDown: 0, tokenMode: 'normal', polls: [] };
+const state = {
+  slowDown: 0, tokenMode: 'normal', polls: [], vendor: process.env.VENDOR || 'standard',
+  tenant: '11111111-2222-3333-4444-555555555555', tokenDelayMs: 0,
+};
 const disabled = new Set();
 
 const { privateKey, publicKey } = await jose.generateKeyPair('RS256', { extractable: true });
@@ -131,12 +146,31 @@ async function rewriteIdToken(idToken, mode) {
   }
 }
 
+// The ID token as the vendor shapes it, signed again with the provider's key.
+async function vendorIdToken(idToken) {
+  const [h, p] = idToken.split('.');
+  const header = JSON.parse(Buffer.from(h, 'base64url'));
+  const payload = JSON.parse(Buffer.from(p, 'base64url'));
+  if (state.vendor === 'entra') {
+    payload.iss = `${issuer}/${state.tenant}/v2.0`;
+    payload.tid = state.tenant;
+  }
+  if (state.vendor === 'okta' && payload.groups) {
+    payload.hermes_groups = payload.groups;
+    delete payload.groups;
+  }
+  return new jose.SignJWT(payload).setProtectedHeader(header).sign(privateKey);
+}
+
 provider.use(async (ctx, next) => {
   // Test controls.
   if (ctx.path === '/test/config' && ctx.method === 'POST') {
     const cfg = JSON.parse((await readBody(ctx.req)) || '{}');
     if (cfg.slow_down !== undefined) state.slowDown = Number(cfg.slow_down);
     if (cfg.token_mode !== undefined) state.tokenMode = String(cfg.token_mode);
+    if (cfg.vendor !== undefined) state.vendor = String(cfg.vendor);
+    if (cfg.tenant !== undefined) state.tenant = String(cfg.tenant);
+    if (cfg.token_delay_ms !== undefined) state.tokenDelayMs = Number(cfg.token_delay_ms);
     ctx.body = { ok: true };
     return;
   }
@@ -191,10 +225,18 @@ provider.use(async (ctx, next) => {
     return;
   }
 
+  // Entra's multi-tenant discovery: the issuer is a template the tenant fills in.
+  if (state.vendor === 'entra' && ctx.path === '/common/v2.0/.well-known/openid-configuration') {
+    const own = await (await fetch(`${issuer}/.well-known/openid-configuration`)).json();
+    ctx.body = { ...own, issuer: `${issuer}/{tenantid}/v2.0` };
+    return;
+  }
+
   // Every token request counts as a poll: in the tests only the gateway's device-code polls
   // reach /token while a device flow runs (reading the body here would consume it).
   if (ctx.path === '/token' && ctx.method === 'POST') {
     state.polls.push(Date.now());
+    if (state.tokenDelayMs > 0) await new Promise((r) => setTimeout(r, state.tokenDelayMs));
     if (state.slowDown > 0) {
       state.slowDown -= 1;
       ctx.status = 400;
@@ -206,10 +248,24 @@ provider.use(async (ctx, next) => {
   await next();
 
   if (ctx.path === '/device/auth' && ctx.status === 200 && ctx.body && typeof ctx.body === 'object') {
-    ctx.body = { ...ctx.body, interval: INTERVAL };
+    const body = { ...ctx.body };
+    if (INTERVAL > 0) body.interval = INTERVAL;
+    if (state.vendor === 'google') {
+      body.verification_url = body.verification_uri;
+      delete body.verification_uri;
+      delete body.verification_uri_complete;
+    }
+    if (state.vendor === 'entra') {
+      delete body.verification_uri_complete;
+      body.message = `To sign in, use a web browser to open the page ${body.verification_uri} and enter the code ${body.user_code} to authenticate.`;
+    }
+    ctx.body = body;
   }
-  if (ctx.path === '/token' && ctx.status === 200 && ctx.body && ctx.body.id_token && state.tokenMode !== 'normal') {
-    ctx.body = { ...ctx.body, id_token: await rewriteIdToken(ctx.body.id_token, state.tokenMode) };
+  if (ctx.path === '/token' && ctx.status === 200 && ctx.body && ctx.body.id_token) {
+    let idToken = ctx.body.id_token;
+    if (state.tokenMode !== 'normal') idToken = await rewriteIdToken(idToken, state.tokenMode);
+    if (state.vendor === 'entra' || state.vendor === 'okta') idToken = await vendorIdToken(idToken);
+    ctx.body = { ...ctx.body, id_token: idToken };
   }
 });
 

@@ -115,21 +115,24 @@ impl DeviceFlow {
 
     /// Polls at the IdP's pace until approval, denial, expiry or error.
     ///
-    /// Waits one interval before each poll (RFC 8628 §3.5), adds 5 s on `slow_down`, and stops
-    /// at `expires_in`. Cancel it by dropping the future: nothing is polled after that.
+    /// Polls once per interval (RFC 8628 §3.5), counted from the start of the previous poll,
+    /// so that a slow token endpoint does not stretch the pace (approval still lands within
+    /// one interval plus the endpoint's own time); adds 5 s on `slow_down`; stops at
+    /// `expires_in`. Cancel it by dropping the future: nothing is polled after that.
     pub async fn wait(mut self) -> Result<Approved, FlowError> {
         let mut failures = 0;
+        let mut last_start = Instant::now();
         loop {
-            let now = Instant::now();
-            if now >= self.challenge.expires_at {
+            if Instant::now() >= self.challenge.expires_at {
                 return Err(FlowError::Expired);
             }
-            let wake = (now + self.interval).min(self.challenge.expires_at);
+            let wake = (last_start + self.interval).min(self.challenge.expires_at);
             tokio::time::sleep_until(wake.into()).await;
             if Instant::now() >= self.challenge.expires_at {
                 return Err(FlowError::Expired);
             }
             self.polls += 1;
+            last_start = Instant::now();
             match self.poll().await {
                 Poll::Pending => failures = 0,
                 Poll::SlowDown => {

@@ -30,6 +30,9 @@ use super::{AuthMethod, Identity};
 
 mod browser;
 mod device;
+pub mod issuer;
+
+use issuer::{IssuerError, IssuerRule};
 
 pub use browser::AuthRequest;
 pub use device::{Approved, Challenge, DeviceFlow};
@@ -59,6 +62,8 @@ pub struct OidcSettings {
     pub policy: ClaimPolicy,
     /// Clock skew tolerated.
     pub leeway: Duration,
+    /// Tenants (`tid`) admitted by a multi-tenant issuer (Entra's `common`, `organizations`).
+    pub allowed_tenants: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -95,6 +100,8 @@ pub(crate) struct Discovered {
     jwks_fetched: Mutex<Option<Instant>>,
     algs: Vec<CoreJwsSigningAlgorithm>,
     pub(crate) basic_auth: bool,
+    /// The `iss` tokens must carry.
+    issuer: IssuerRule,
 }
 
 /// Why a sign-in did not produce an identity. `Display` is the one line the user sees.
@@ -178,6 +185,9 @@ pub enum IdpError {
     /// It answered with a server error.
     #[error("the identity provider answered {0}")]
     Status(reqwest::StatusCode),
+    /// The discovery document's issuer does not go with the configured one.
+    #[error("{0}")]
+    IssuerMismatch(String),
 }
 
 /// Why an ID token was not accepted.
@@ -195,6 +205,9 @@ pub enum TokenError {
     /// Discovery has not succeeded yet.
     #[error("the identity provider is not discovered yet")]
     NotDiscovered,
+    /// No issuer the token may come from (a tenant not allowed, for example).
+    #[error("{0}")]
+    Issuer(#[from] IssuerError),
 }
 
 /// The identity provider client, shared by every login.
@@ -254,12 +267,38 @@ impl Oidc {
             .ok_or(FlowError::Unreachable(IdpError::NotDiscovered))
     }
 
-    /// Fetches the discovery document and the JWKS.
-    pub async fn discover(&self) -> Result<(), IdpError> {
-        let issuer = IssuerUrl::new(self.settings.issuer.clone()).map_err(IdpError::Issuer)?;
-        let meta = Metadata::discover_async(issuer, &self.http)
+    /// The discovery document, read as openidconnect's discovery does, except that the issuer
+    /// it names is left to [`IssuerRule`] (Entra's multi-tenant template is not the URL asked).
+    async fn fetch_metadata(&self) -> Result<Metadata, IdpError> {
+        let url = format!("{}/.well-known/openid-configuration", self.settings.issuer);
+        let url = url::Url::parse(&url).map_err(IdpError::Issuer)?;
+        let resp = self
+            .http
+            .get(url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
             .await
             .map_err(|e| IdpError::Discovery(Box::new(e)))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(IdpError::Status(status));
+        }
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| IdpError::Discovery(Box::new(e)))?;
+        serde_json::from_slice(&body).map_err(|e| IdpError::Discovery(Box::new(e)))
+    }
+
+    /// Fetches the discovery document and the JWKS.
+    pub async fn discover(&self) -> Result<(), IdpError> {
+        let meta = self.fetch_metadata().await?;
+        let rule = IssuerRule::from_discovery(
+            &self.settings.issuer,
+            meta.issuer().as_str(),
+            &self.settings.allowed_tenants,
+        )
+        .map_err(IdpError::IssuerMismatch)?;
         let algs: Vec<CoreJwsSigningAlgorithm> = meta
             .id_token_signing_alg_values_supported()
             .iter()
@@ -287,6 +326,7 @@ impl Oidc {
             jwks_fetched: Mutex::new(None),
             algs,
             basic_auth,
+            issuer: rule,
         };
         // Discovery documents carry no keys; fetch them now so the first login is fast.
         let jwks = CoreJsonWebKeySet::fetch_async(&discovered.jwks_uri, &self.http)
@@ -377,18 +417,30 @@ impl Oidc {
         nonce: Option<&Nonce>,
     ) -> Result<Map<String, Value>, TokenError> {
         let d = self.current().map_err(|_| TokenError::NotDiscovered)?;
-        let claims = match self.verify_with(&d, id_token, nonce) {
+        let (issuer, tenant) = d.issuer.expected(id_token)?;
+        let claims = match self.verify_with(&d, &issuer, id_token, nonce) {
             Err(ClaimsVerificationError::SignatureVerification(
                 SignatureVerificationError::NoMatchingKey,
             )) => {
                 if !self.refresh_jwks(&d).await {
                     return Err(TokenError::NoMatchingKey);
                 }
-                self.verify_with(&d, id_token, nonce)
+                self.verify_with(&d, &issuer, id_token, nonce)
                     .map_err(TokenError::Verification)?
             }
             other => other.map_err(TokenError::Verification)?,
         };
+        // The tenant was read unverified to choose the issuer; the signed one must agree.
+        if let Some(tid) = tenant {
+            let signed = claims
+                .additional_claims()
+                .rest
+                .get("tid")
+                .and_then(Value::as_str);
+            if signed != Some(tid.as_str()) {
+                return Err(TokenError::Issuer(IssuerError::NoTenant));
+            }
+        }
         if let Some(azp) = claims.authorized_party() {
             if **azp != self.settings.client_id {
                 return Err(TokenError::OtherClient(azp.to_string()));
@@ -407,6 +459,7 @@ impl Oidc {
     fn verify_with(
         &self,
         d: &Discovered,
+        issuer: &str,
         id_token: &str,
         nonce: Option<&Nonce>,
     ) -> Result<IdTokenClaims<OtherClaims, CoreGenderClaim>, ClaimsVerificationError> {
@@ -422,7 +475,7 @@ impl Oidc {
             .unwrap_or_else(|_| chrono::Duration::seconds(60));
         let verifier = CoreIdTokenVerifier::new_public_client(
             ClientId::new(self.settings.client_id.clone()),
-            IssuerUrl::new(self.settings.issuer.clone())
+            IssuerUrl::new(issuer.to_owned())
                 .map_err(|e| ClaimsVerificationError::Other(e.to_string()))?,
             jwks,
         )
