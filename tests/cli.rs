@@ -213,3 +213,35 @@ fn check_config_reports_key_file_problems() {
     let stdout = text(&out.stdout);
     assert!(stdout.contains("bob.keys:1"), "{stdout}");
 }
+
+/// The README's per-IdP `gateway.toml` snippets are valid configurations (`check-config`).
+#[test]
+fn the_readmes_identity_provider_snippets_are_valid_configurations() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## Identity providers, one by one")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("the README has the section");
+    let snippets: Vec<&str> = section
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|s| s.split("```").next())
+        .collect();
+    assert_eq!(
+        snippets.len(),
+        6,
+        "Google, Entra ID, Okta, Keycloak, Authentik, Dex"
+    );
+    for snippet in snippets {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("gateway.toml"), config("", snippet)).unwrap();
+        let mut c = Command::new(BIN);
+        c.arg("--config")
+            .arg(tmp.path().join("gateway.toml"))
+            .arg("check-config");
+        let out = run(c, T);
+        assert!(out.status.success(), "{snippet}\n{out:?}");
+    }
+}
