@@ -71,9 +71,11 @@ impl<T> Watched<T> {
         let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if now.is_none() || now != cur.0 {
             let parsed = (self.parse)(&self.path).map(Arc::new);
-            match &parsed {
-                Ok(_) => tracing::info!(file = %self.path.display(), "re-read after a change"),
-                Err(e) => {
+            // Logged when the verdict changes, not at every login while a file stays broken.
+            match (&parsed, &cur.1) {
+                (Ok(_), _) => tracing::info!(file = %self.path.display(), "re-read after a change"),
+                (Err(e), Err(was)) if e == was => {}
+                (Err(e), _) => {
                     tracing::error!(error = %e, "cannot use the changed file; refusing what depends on it until it is fixed")
                 }
             }

@@ -1581,12 +1581,12 @@ mod future_certificate {
                 async fn auth_openssh_certificate(
                     &mut self,
                     _user: &str,
-                    cert: &ssh_key::Certificate,
+                    cert: server::VerifiedCertificate<'_>,
                 ) -> Result<server::Auth, Self::Error> {
                     // Validate the certificate is signed by our CA
                     // In a real server, you'd properly verify the CA signature
                     // For this test, just check the key_id matches
-                    if cert.key_id() == "test-user-cert" {
+                    if cert.certificate.key_id() == "test-user-cert" {
                         Ok(server::Auth::Accept)
                     } else {
                         Ok(server::Auth::Reject {
