@@ -40,6 +40,9 @@ need pgrep && need pkill || apt_install procps
 # Network namespaces with several IPv6 client addresses (tests/hostile.rs, per-network limits).
 need ip || apt_install iproute2
 
+# Debian's HAProxy in front of two gateway nodes (tests/proxy_protocol.rs, PROXY protocol).
+need haproxy || apt_install haproxy
+
 # Debian's Chromium for the browser test (playwright-core drives it; it downloads no browser).
 [ -x /usr/bin/chromium ] || apt_install chromium
 

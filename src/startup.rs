@@ -18,6 +18,7 @@ use hermes_ssh_gateway::identity::shared::SharedState;
 use hermes_ssh_gateway::identity::{KeyRegistry, UserId};
 use hermes_ssh_gateway::launcher::{sandbox, skeleton, LaunchSpec};
 use hermes_ssh_gateway::ops::{admin, directory, metrics, AuditLog, Ops, Shutdown};
+use hermes_ssh_gateway::ssh::proxy::{ProxyMode, ProxyPolicy};
 use hermes_ssh_gateway::ssh::{
     hostkey, ConnectionLimits, SessionLimits, SshContext, SshServer, SshSettings, WebLink,
 };
@@ -180,6 +181,7 @@ pub(crate) async fn serve(config: Config, config_path: PathBuf) -> anyhow::Resul
         max_connections: config.limits.max_connections,
         login_grace: config.limits.login_grace,
         bans: parts.shared.bans.clone(),
+        proxy: proxy_policy(&config.ssh),
     };
     let server = SshServer::new(
         host_key,
@@ -208,6 +210,19 @@ pub(crate) async fn serve(config: Config, config_path: PathBuf) -> anyhow::Resul
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `[ssh] proxy_protocol` and `trusted_proxies`.
+fn proxy_policy(ssh: &hermes_ssh_gateway::config::SshConfig) -> ProxyPolicy {
+    use hermes_ssh_gateway::config::ProxyProtocol;
+    let mode = match ssh.proxy_protocol {
+        ProxyProtocol::Off => ProxyMode::Off,
+        ProxyProtocol::V1 => ProxyMode::V1,
+        ProxyProtocol::V2 => ProxyMode::V2,
+        ProxyProtocol::Any => ProxyMode::Any,
+    };
+    let trusted: Vec<String> = ssh.trusted_proxies.iter().map(|p| p.0.clone()).collect();
+    ProxyPolicy::new(mode, &trusted)
 }
 
 /// Certificates, revocation and security-key rules; a bad CA or revoked-keys file stops the

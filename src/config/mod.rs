@@ -201,6 +201,54 @@ pub struct SshConfig {
     /// Security keys (`sk-…`) must show the user's touch in every signature, unless their
     /// key line says `no-touch-required` or their certificate has that extension.
     pub require_user_presence: bool,
+    /// HAProxy's PROXY protocol from `trusted_proxies`: `"off"`, `"v1"`, `"v2"` or `"any"`.
+    pub proxy_protocol: ProxyProtocol,
+    /// Load balancers whose PROXY header names the client (addresses and CIDR blocks).
+    pub trusted_proxies: Vec<AddressPattern>,
+}
+
+/// `[ssh] proxy_protocol`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// No PROXY protocol.
+    #[default]
+    Off,
+    /// Text headers.
+    V1,
+    /// Binary headers.
+    V2,
+    /// Either.
+    Any,
+}
+
+/// An address (`10.0.0.1`, `::1`) or a CIDR block (`10.0.0.0/8`), checked where it is written.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct AddressPattern(pub String);
+
+impl TryFrom<String> for AddressPattern {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let (addr, bits) = match s.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (s.as_str(), None),
+        };
+        let max = match addr.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(_)) => 32,
+            Ok(std::net::IpAddr::V6(_)) => 128,
+            Err(_) => {
+                return Err(format!(
+                    "{s:?} is not an address or a block like 10.0.0.0/8"
+                ))
+            }
+        };
+        match bits.map(str::parse::<u32>) {
+            None => Ok(AddressPattern(s)),
+            Some(Ok(b)) if b <= max => Ok(AddressPattern(s)),
+            Some(_) => Err(format!("{s:?}: the prefix length must be 0..={max}")),
+        }
+    }
 }
 
 /// `[ssh] cert_principal_map`
@@ -226,6 +274,8 @@ impl Default for SshConfig {
             cert_leeway: Duration::from_secs(60),
             revoked_keys: None,
             require_user_presence: true,
+            proxy_protocol: ProxyProtocol::Off,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -274,7 +324,8 @@ impl Config {
 
     /// Checks that need more than one value at a time.
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let checked = check_session(&self.session)
+        let checked = check_ssh(&self.ssh)
+            .and_then(|()| check_session(&self.session))
             .and_then(|()| self.oidc.as_ref().map_or(Ok(()), check_oidc))
             .and_then(|()| check_limits(&self.limits, self.web.as_ref(), &self.ssh));
         checked.map_err(|message| ConfigError::Invalid {
@@ -351,6 +402,14 @@ impl Config {
 
 /// The variable that always carries the user id.
 pub const IDENTITY_VAR: &str = "HERMES_DASHBOARD_USER_ID";
+
+/// What is wrong with `[ssh]` beyond what each value checks itself.
+fn check_ssh(ssh: &SshConfig) -> Result<(), String> {
+    if ssh.proxy_protocol != ProxyProtocol::Off && ssh.trusted_proxies.is_empty() {
+        return Err("[ssh] proxy_protocol is on but trusted_proxies is empty: list the load balancers' addresses (a header from anyone else is refused)".into());
+    }
+    Ok(())
+}
 
 /// What is wrong with `[session]` beyond what each value checks itself.
 fn check_session(session: &SessionConfig) -> Result<(), String> {

@@ -102,6 +102,10 @@ pub enum ConnRefusal {
     MaxConnections,
     /// The address is banned after repeated failures.
     Banned,
+    /// A trusted proxy's connection without a valid PROXY header.
+    ProxyHeader,
+    /// A PROXY header from an address not in `trusted_proxies`.
+    UntrustedProxyHeader,
 }
 
 impl ConnRefusal {
@@ -110,6 +114,8 @@ impl ConnRefusal {
         match self {
             ConnRefusal::MaxConnections => "max_connections",
             ConnRefusal::Banned => "banned",
+            ConnRefusal::ProxyHeader => "proxy_header",
+            ConnRefusal::UntrustedProxyHeader => "untrusted_proxy_header",
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod handler;
 pub mod hostkey;
+pub mod proxy;
 pub mod quickack;
 pub mod server;
 pub mod session;

@@ -12,13 +12,15 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// `TcpStream` with quick ACKs.
-pub struct QuickAck(pub TcpStream);
+use super::proxy::Sniff;
+
+/// `TcpStream` with quick ACKs (watched for PROXY headers from untrusted peers).
+pub struct QuickAck(pub Sniff<TcpStream>);
 
 impl QuickAck {
     fn rearm(&self) {
         // Best effort: an error only means delayed ACKs, never a broken connection.
-        let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
+        let _ = socket2::SockRef::from(self.0.get_ref()).set_tcp_quickack(true);
     }
 }
 
@@ -55,7 +57,7 @@ impl AsyncWrite for QuickAck {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.0.get_ref().is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -23,6 +23,7 @@ use crate::ops::{ConnRefusal, Event, Shutdown};
 use tracing::Instrument;
 
 use super::handler::ConnectionHandler;
+use super::proxy::Sniff;
 use super::quickack::QuickAck;
 use super::SshContext;
 
@@ -106,13 +107,19 @@ impl SshServer {
                 });
                 continue;
             };
-            let span = tracing::info_span!("conn", peer = %peer, user = tracing::field::Empty);
+            let span = tracing::info_span!(
+                "conn",
+                peer = %peer,
+                client = tracing::field::Empty,
+                user = tracing::field::Empty
+            );
             let conn = Connection {
                 config: self.config.clone(),
                 ctx: self.ctx.clone(),
                 bans: bans.clone(),
                 login_grace: limits.login_grace,
                 terminate: shutdown.terminate.clone(),
+                proxy: limits.proxy.clone(),
             };
             tracker.spawn(
                 async move {
@@ -137,6 +144,8 @@ pub struct ConnectionLimits {
     pub login_grace: Duration,
     /// Per-address failures and bans.
     pub bans: Arc<dyn Bans>,
+    /// PROXY protocol from load balancers.
+    pub proxy: super::proxy::ProxyPolicy,
 }
 
 /// How far a connection has come; the listener task acts on every change.
@@ -204,14 +213,41 @@ struct Connection {
     bans: Arc<dyn Bans>,
     login_grace: Duration,
     terminate: CancellationToken,
+    proxy: super::proxy::ProxyPolicy,
 }
 
 /// How long a disconnect may take before the socket is shut under the session.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
 
 impl Connection {
-    async fn run(self, socket: TcpStream, peer: SocketAddr) {
+    /// The client's address: the peer's, or the one a trusted proxy's header names.
+    async fn client(&self, socket: &mut TcpStream, peer: SocketAddr) -> Option<SocketAddr> {
+        if !self.proxy.trusts(peer.ip()) {
+            return Some(peer);
+        }
+        match self.proxy.read_header(socket, peer).await {
+            Ok(client) => {
+                tracing::Span::current().record("client", tracing::field::display(client));
+                Some(client)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "refused: PROXY header");
+                self.ctx.ops.emit(Event::ConnectionRefused {
+                    remote: peer.ip(),
+                    reason: ConnRefusal::ProxyHeader,
+                });
+                None
+            }
+        }
+    }
+
+    async fn run(self, mut socket: TcpStream, peer: SocketAddr) {
         let ctx = &self.ctx;
+        let Some(client) = self.client(&mut socket, peer).await else {
+            return;
+        };
+        // From here on the client's address is the connection's (bans, limits, logs, audit).
+        let peer = client;
         // A banned address gets no SSH work at all (checked here, not in the accept loop, so a
         // shared store's round trip never holds up other accepts).
         if self.bans.is_banned(peer.ip()).await {
@@ -239,13 +275,25 @@ impl Connection {
         // The grace time starts at accept: a client that never even sends its version line is
         // dropped too (russh waits for it inside run_stream).
         let deadline = tokio::time::Instant::now() + self.login_grace;
+        // Only a listed proxy may say who the client is; anyone else starting with a header
+        // is cut as soon as russh reads it.
+        let caught = Arc::new(AtomicBool::new(false));
+        let watch = self.proxy.enabled() && client == peer && !self.proxy.trusts(peer.ip());
+        let stream = QuickAck(Sniff::new(socket, watch, caught.clone()));
         let started = tokio::time::timeout_at(
             deadline,
-            russh::server::run_stream(self.config.clone(), QuickAck(socket), handler),
+            russh::server::run_stream(self.config.clone(), stream, handler),
         )
         .await;
         match started {
             Ok(Ok(session)) => self.supervise(session, &progress, deadline, cut).await,
+            Ok(Err(_)) if caught.load(Ordering::Relaxed) => {
+                tracing::warn!("refused: a PROXY header from an address not in trusted_proxies");
+                ctx.ops.emit(Event::ConnectionRefused {
+                    remote: peer.ip(),
+                    reason: ConnRefusal::UntrustedProxyHeader,
+                });
+            }
             Ok(Err(e)) => tracing::debug!(error = %e, "handshake failed"),
             Err(_) => tracing::info!("login grace time over before the handshake; disconnecting"),
         }

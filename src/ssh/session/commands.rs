@@ -74,6 +74,10 @@ impl Job {
                 if let (Some(obj), Some(a)) = (json.as_object_mut(), account) {
                     obj.insert("account".into(), a.into());
                 }
+                // The client's address as the gateway sees it (a trusted proxy's header, if any).
+                if let (Some(obj), Some(r)) = (json.as_object_mut(), self.remote) {
+                    obj.insert("remote".into(), r.to_string().into());
+                }
                 self.print(format!("{json}\n")).await;
                 finish(&self.writer, 0).await;
             }
