@@ -11,7 +11,7 @@ use ssh_key::public::KeyData;
 use ssh_key::{Certificate, HashAlg};
 
 use super::key_options::address_matches;
-use super::watched::{FileError, Watched};
+use super::watched::{public_key_lines, FileError, Watched};
 use super::{Identity, UserId};
 
 /// The CA public keys of `trusted_user_ca_keys`.
@@ -24,17 +24,10 @@ impl TrustedCas {
     /// Parses the file: one public key per line, `#` comments and blank lines allowed.
     pub fn load(path: &Path) -> Result<TrustedCas, FileError> {
         let text = std::fs::read_to_string(path).map_err(|e| FileError::io(path, &e))?;
-        let mut keys = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let key = ssh_key::PublicKey::from_openssh(line).map_err(|e| {
-                FileError::at(path, Some(n + 1), format!("not a CA public key line ({e})"))
-            })?;
-            keys.push(key.key_data().clone());
-        }
+        let keys: Vec<KeyData> = public_key_lines(&text, path, "a CA public key")?
+            .into_iter()
+            .map(|(_, k)| k.key_data().clone())
+            .collect();
         if keys.is_empty() {
             return Err(FileError::at(path, None, "holds no CA key".into()));
         }

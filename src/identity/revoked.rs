@@ -14,7 +14,7 @@ use ssh_key::encoding::Encode;
 use ssh_key::public::KeyData;
 use ssh_key::Certificate;
 
-use super::watched::FileError;
+use super::watched::{public_key_lines, FileError};
 
 const KRL_MAGIC: &[u8; 8] = b"SSHKRL\n\0";
 const KRL_FORMAT_VERSION: u32 = 1;
@@ -122,18 +122,11 @@ fn parse_text(bytes: &[u8], path: &Path) -> Result<RevocationList, FileError> {
         )
     })?;
     let mut list = RevocationList::default();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let key = ssh_key::PublicKey::from_openssh(line).map_err(|e| {
-            FileError::at(path, Some(n + 1), format!("not a public key line ({e})"))
-        })?;
+    for (line, key) in public_key_lines(text, path, "a public key")? {
         let blob = key
             .key_data()
             .encode_vec()
-            .map_err(|e| FileError::at(path, Some(n + 1), e.to_string()))?;
+            .map_err(|e| FileError::at(path, Some(line), e.to_string()))?;
         list.keys.insert(blob);
     }
     Ok(list)

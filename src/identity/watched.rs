@@ -36,6 +36,27 @@ impl FileError {
     }
 }
 
+/// The public keys of a file with one per line (`#` comments and blank lines allowed), each
+/// with its line number; a bad line is an error naming `path:line` and, in it, `what` it
+/// should have been.
+pub fn public_key_lines(
+    text: &str,
+    path: &Path,
+    what: &str,
+) -> Result<Vec<(usize, ssh_key::PublicKey)>, FileError> {
+    let mut keys = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let key = ssh_key::PublicKey::from_openssh(line)
+            .map_err(|e| FileError::at(path, Some(n + 1), format!("not {what} line ({e})")))?;
+        keys.push((n + 1, key));
+    }
+    Ok(keys)
+}
+
 type Stamp = (u64, i64, i64, u64);
 
 /// The stamp the content was read at, and the content (or why there is none).
