@@ -384,7 +384,10 @@ async fn start_web(
         public_url: w.public_url.0.clone(),
         oidc: p.signin.oidc.clone(),
         tickets: p.shared.tickets.clone(),
-        sessions: SessionStore::new(),
+        sessions: match &p.shared.redis {
+            Some(r) => SessionStore::shared(r.clone()),
+            None => SessionStore::new(),
+        },
         launch: p.launch.clone(),
         ops: p.ops.clone(),
         shutdown: p.shutdown.clone(),
@@ -399,7 +402,13 @@ async fn start_web(
             ipv6_prefix: config.limits.ipv6_prefix,
         },
         max_logins_per_address: w.max_logins_per_address,
-        trusted_proxies: w.trusted_proxies.clone(),
+        trusted_proxies: Arc::new(arc_swap::ArcSwap::from_pointee(
+            w.trusted_proxies
+                .iter()
+                .map(|p| p.0.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        )),
         bans: p.shared.bans.clone(),
         max_message_size: usize::try_from(w.max_message_size.as_u64()).unwrap_or(usize::MAX),
         hub: p.hub.clone(),

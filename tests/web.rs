@@ -536,3 +536,56 @@ fn x_forwarded_for_counts_only_from_trusted_proxies() {
         assert!(line.contains(&format!("\"remote\":\"{want}\"")), "{line}");
     }
 }
+
+#[test]
+fn plain_http_reported_by_a_trusted_proxy_is_sent_to_https_and_nobody_else_can_say_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = common::idp::free_port();
+    let cfg = config(
+        "",
+        &format!(
+            "[web]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"https://hermes.example.test\"\ntrusted_proxies = [\"127.0.0.1\"]\n"
+        ),
+    );
+    let gw = Gateway::start(tmp.path(), &cfg);
+    assert!(gw.wait_log("web front listening", T).is_some());
+    let client = |from: &str| {
+        reqwest::blocking::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .local_address(from.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap()
+    };
+    let get = |from: &str, header: (&str, &str)| {
+        client(from)
+            .get(format!("http://127.0.0.1:{port}/auth/login?x=1"))
+            .header(header.0, header.1)
+            .send()
+            .unwrap()
+    };
+    for h in [
+        ("X-Forwarded-Proto", "http"),
+        ("Forwarded", "for=198.51.100.7;proto=http"),
+    ] {
+        let r = get("127.0.0.1", h);
+        assert_eq!(r.status().as_u16(), 308, "{h:?}");
+        assert_eq!(
+            r.headers()["location"],
+            "https://hermes.example.test/auth/login?x=1"
+        );
+    }
+    // https through the proxy, and anything said by a client that is not a proxy: served.
+    assert_ne!(
+        get("127.0.0.1", ("X-Forwarded-Proto", "https"))
+            .status()
+            .as_u16(),
+        308
+    );
+    assert_ne!(
+        get("127.0.0.2", ("X-Forwarded-Proto", "http"))
+            .status()
+            .as_u16(),
+        308
+    );
+    drop(gw);
+}

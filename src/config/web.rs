@@ -38,9 +38,10 @@ pub struct WebConfig {
     /// Largest WebSocket message a browser may send (keystrokes, pastes, resizes).
     #[serde(default = "default_max_message_size")]
     pub max_message_size: bytesize::ByteSize,
-    /// Reverse proxies (addresses, CIDR blocks) whose `X-Forwarded-For` names the client.
+    /// Reverse proxies (addresses, CIDR blocks) whose `Forwarded` / `X-Forwarded-For` /
+    /// `X-Forwarded-Proto` count.
     #[serde(default)]
-    pub trusted_proxies: Vec<String>,
+    pub trusted_proxies: Vec<super::AddressPattern>,
 }
 
 fn default_web_max_connections() -> usize {

@@ -9,10 +9,10 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{AppendHeaders, Html, IntoResponse, Redirect, Response};
 use axum::Json;
-use dashmap::DashMap;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 
+use super::sessions::LoginAttempt;
 use super::{escape, WebContext, INDEX_HTML, SIGNIN_HTML};
 use crate::identity::limits::address_group;
 use crate::identity::tickets::{random_token, token_hash, Purpose};
@@ -31,94 +31,6 @@ const LOGIN_COOKIE_HOST: &str = "__Host-hermes_login";
 const LOGIN_TTL: Duration = Duration::from_secs(600);
 /// At most this many logins in flight (a flood of /auth/login cannot grow memory without bound).
 const MAX_LOGINS: usize = 10_000;
-
-struct LoginAttempt {
-    nonce: String,
-    verifier: SecretString,
-    expires: Instant,
-    /// Hash of the login cookie of the browser that started it.
-    browser: String,
-    /// The address group it came from (counted in `SessionStore::logins_by_group`).
-    group: IpAddr,
-}
-
-struct WebSession {
-    identity: Identity,
-    expires: Instant,
-}
-
-/// Server-side browser sessions, keyed by the hash of the cookie value, and logins in flight.
-#[derive(Default)]
-pub struct SessionStore {
-    sessions: DashMap<String, WebSession>,
-    logins: DashMap<String, LoginAttempt>,
-    logins_by_group: DashMap<IpAddr, usize>,
-}
-
-impl SessionStore {
-    /// An empty store.
-    pub fn new() -> Arc<SessionStore> {
-        Arc::new(SessionStore::default())
-    }
-
-    /// Drops expired sessions and logins.
-    pub fn sweep(&self) {
-        let now = Instant::now();
-        self.sessions.retain(|_, s| s.expires > now);
-        let expired: Vec<String> = self
-            .logins
-            .iter()
-            .filter(|l| l.expires <= now)
-            .map(|l| l.key().clone())
-            .collect();
-        for state in expired {
-            self.take_login(&state);
-        }
-    }
-
-    /// Remembers a login in flight, unless its address group has `max_per_group` already.
-    fn begin_login(&self, state: String, attempt: LoginAttempt, max_per_group: usize) -> bool {
-        let mut n = self.logins_by_group.entry(attempt.group).or_insert(0);
-        if *n >= max_per_group {
-            return false;
-        }
-        *n += 1;
-        drop(n);
-        self.logins.insert(state, attempt);
-        true
-    }
-
-    /// Takes a login in flight out (its `state` is single use).
-    fn take_login(&self, state: &str) -> Option<LoginAttempt> {
-        let (_, attempt) = self.logins.remove(state)?;
-        self.logins_by_group.remove_if_mut(&attempt.group, |_, n| {
-            *n = n.saturating_sub(1);
-            *n == 0
-        });
-        Some(attempt)
-    }
-
-    fn create(&self, identity: Identity, ttl: Duration) -> SecretString {
-        let token = random_token();
-        self.sessions.insert(
-            token_hash(token.expose_secret()),
-            WebSession {
-                identity,
-                expires: Instant::now() + ttl,
-            },
-        );
-        token
-    }
-
-    fn get(&self, cookie: &str) -> Option<Identity> {
-        let s = self.sessions.get(&token_hash(cookie))?;
-        (s.expires > Instant::now()).then(|| s.identity.clone())
-    }
-
-    fn remove(&self, cookie: &str) {
-        self.sessions.remove(&token_hash(cookie));
-    }
-}
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
@@ -155,8 +67,8 @@ fn cookie_value(ctx: &WebContext, headers: &HeaderMap) -> Option<String> {
 }
 
 /// The identity of the browser's session, if any.
-fn session_identity(ctx: &WebContext, headers: &HeaderMap) -> Option<Identity> {
-    ctx.sessions.get(&cookie_value(ctx, headers)?)
+pub(super) async fn session_identity(ctx: &WebContext, headers: &HeaderMap) -> Option<Identity> {
+    ctx.sessions.get(&cookie_value(ctx, headers)?).await
 }
 
 fn set_cookie(ctx: &WebContext, value: &str, max_age: Duration) -> String {
@@ -198,9 +110,19 @@ fn signin_page(ctx: &WebContext, message: &str, status: StatusCode) -> Response 
     (status, Html(page)).into_response()
 }
 
+/// The shared state (Redis) did not answer: the browser is told, nothing is half done.
+fn state_unreachable(ctx: &WebContext, e: &crate::identity::store::StoreError) -> Response {
+    tracing::error!("browser sign-in needs the shared state: {e}");
+    signin_page(
+        ctx,
+        "The gateway cannot reach its shared state right now; try again shortly.",
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+}
+
 /// `GET /`: the terminal when signed in, else a sign-in link.
 pub async fn index(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Response {
-    match session_identity(&ctx, &headers) {
+    match session_identity(&ctx, &headers).await {
         Some(id) => Html(
             INDEX_HTML
                 .replace("{{USER}}", &escape(id.user_id.as_str()))
@@ -239,7 +161,7 @@ pub async fn login(
             StatusCode::SERVICE_UNAVAILABLE,
         );
     };
-    if ctx.sessions.logins.len() >= MAX_LOGINS {
+    if ctx.sessions.logins_in_flight() >= MAX_LOGINS {
         tracing::warn!("too many browser logins in flight; refusing new ones");
         return signin_page(
             &ctx,
@@ -261,10 +183,15 @@ pub async fn login(
                 group: address_group(client, ctx.limits.ipv6_prefix),
             };
             // One address cannot crowd everyone else out of the gateway-wide cap above.
-            if !ctx
+            let begun = ctx
                 .sessions
                 .begin_login(req.state.clone(), attempt, ctx.max_logins_per_address)
-            {
+                .await;
+            let begun = match begun {
+                Ok(b) => b,
+                Err(e) => return state_unreachable(&ctx, &e),
+            };
+            if !begun {
                 tracing::warn!(%peer, "refused: too many browser logins in flight from this address");
                 return signin_page(
                     &ctx,
@@ -363,7 +290,7 @@ async fn finish_login(
         ));
     };
     // The state is single use: taking it out makes a replayed callback fail.
-    let Some(attempt) = ctx.sessions.take_login(&state) else {
+    let Some(attempt) = ctx.sessions.take_login(&state).await else {
         tracing::warn!("browser login callback with an unknown or used state");
         return Err(refuse(
             "This sign-in link is no longer valid; sign in again.",
@@ -415,7 +342,10 @@ async fn finish_login(
                 certificate: None,
             });
             ctx.bans.success(client).await;
-            let token = ctx.sessions.create(identity, ctx.session_ttl);
+            let token = match ctx.sessions.create(identity, ctx.session_ttl).await {
+                Ok(t) => t,
+                Err(e) => return Ok(state_unreachable(ctx, &e)),
+            };
             Ok((
                 AppendHeaders([
                     (
@@ -455,7 +385,14 @@ pub async fn logout(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> R
         return StatusCode::FORBIDDEN.into_response();
     }
     if let Some(c) = cookie_value(&ctx, &headers) {
-        ctx.sessions.remove(&c);
+        if let Err(e) = ctx.sessions.remove(&c).await {
+            tracing::error!("logout could not end the session in the shared state: {e}");
+            return signin_page(
+                &ctx,
+                "Sign-out failed: the gateway cannot reach its shared state. Try again.",
+                StatusCode::SERVICE_UNAVAILABLE,
+            );
+        }
     }
     (
         [(header::SET_COOKIE, set_cookie(&ctx, "", Duration::ZERO))],
@@ -466,7 +403,7 @@ pub async fn logout(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> R
 
 /// `GET /api/auth/me`: the session's identity as JSON.
 pub async fn me(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Response {
-    match session_identity(&ctx, &headers) {
+    match session_identity(&ctx, &headers).await {
         Some(id) => Json(id).into_response(),
         None => json_error(StatusCode::UNAUTHORIZED, "not signed in"),
     }
@@ -475,7 +412,7 @@ pub async fn me(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Respo
 /// `GET /api/sessions`: the signed-in user's sessions (started in a browser or over SSH), as
 /// `ssh host sessions` lists them; open one with a ticket from `ws-ticket {"session": ID}`.
 pub async fn sessions(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Response {
-    match session_identity(&ctx, &headers) {
+    match session_identity(&ctx, &headers).await {
         Some(id) => {
             let list: Vec<_> = ctx
                 .hub
@@ -514,7 +451,7 @@ pub async fn ws_ticket(
         tracing::warn!("refused: ws-ticket request from a foreign origin");
         return json_error(StatusCode::FORBIDDEN, "forbidden");
     }
-    let Some(identity) = session_identity(&ctx, &headers) else {
+    let Some(identity) = session_identity(&ctx, &headers).await else {
         return json_error(StatusCode::UNAUTHORIZED, "not signed in");
     };
     let request: WsTicketRequest = if body.iter().all(u8::is_ascii_whitespace) {
@@ -643,7 +580,10 @@ pub async fn ticket_login(
             };
             let identity = redeemed.identity;
             tracing::info!(user = %identity.user_id, method = %identity.method, "browser signed in with an ssh link");
-            let session = ctx.sessions.create(identity, ctx.session_ttl);
+            let session = match ctx.sessions.create(identity, ctx.session_ttl).await {
+                Ok(t) => t,
+                Err(e) => return state_unreachable(&ctx, &e),
+            };
             (
                 [(
                     header::SET_COOKIE,

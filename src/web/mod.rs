@@ -5,8 +5,10 @@
 //! comes from anything the client sends: only from the server-side session or a consumed ticket.
 
 mod auth;
+pub mod forwarded;
 mod listener;
 mod pty;
+mod sessions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +24,8 @@ use crate::identity::oidc::Oidc;
 use crate::identity::tickets::TicketStore;
 use crate::launcher::LaunchSpec;
 
-pub use auth::SessionStore;
 pub use listener::WebLimits;
+pub use sessions::SessionStore;
 
 /// What the web front needs.
 pub struct WebContext {
@@ -56,9 +58,10 @@ pub struct WebContext {
     pub max_logins_per_address: usize,
     /// Largest WebSocket message (and frame) a browser may send.
     pub max_message_size: usize,
-    /// Proxies whose `X-Forwarded-For` names the client (addresses and CIDR blocks, as in
-    /// `from=` patterns); from anyone else the header is ignored.
-    pub trusted_proxies: Vec<String>,
+    /// Proxies whose `Forwarded` / `X-Forwarded-For` / `X-Forwarded-Proto` count (addresses
+    /// and CIDR blocks, comma-separated as in `from=` patterns); from anyone else those headers
+    /// are ignored. Swapped on SIGHUP.
+    pub trusted_proxies: Arc<arc_swap::ArcSwap<String>>,
     /// Failed logins and bans, shared with the SSH front.
     pub bans: Arc<dyn crate::identity::limits::Bans>,
     /// The node's sessions, shared with the SSH front.
@@ -80,28 +83,17 @@ impl WebContext {
         format!("{}/auth/callback", self.public_url)
     }
 
-    /// The client's address: the socket's peer, or the last `X-Forwarded-For` hop when the peer
-    /// is a trusted proxy (a client can write that header itself, so it counts only from one).
+    /// What the request says of its client through trusted proxies (see [`forwarded`]).
+    fn origin(&self, peer: std::net::SocketAddr, headers: &HeaderMap) -> forwarded::Origin {
+        let trusted = self.trusted_proxies.load();
+        forwarded::origin(peer, headers, |ip| {
+            !trusted.is_empty() && crate::identity::key_options::address_matches(ip, &trusted)
+        })
+    }
+
+    /// The client's address: the socket's peer, or the one trusted proxies name.
     fn client_ip(&self, peer: std::net::SocketAddr, headers: &HeaderMap) -> std::net::IpAddr {
-        let trusted = !self.trusted_proxies.is_empty()
-            && crate::identity::key_options::address_matches(
-                peer.ip(),
-                &self.trusted_proxies.join(","),
-            );
-        let forwarded = || {
-            headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .next_back()
-                .and_then(|ip| ip.trim().parse().ok())
-        };
-        if trusted {
-            forwarded().unwrap_or(peer.ip())
-        } else {
-            peer.ip()
-        }
+        self.origin(peer, headers).client
     }
 
     /// Whether a request's `Origin` is this gateway's own (CSRF and cross-site WebSocket guard).
@@ -131,7 +123,34 @@ pub fn router(ctx: Arc<WebContext>) -> Router {
         .route("/api/pty", get(pty::pty))
         .route("/api/sessions", get(auth::sessions))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            https_only,
+        ))
         .with_state(ctx)
+}
+
+/// Behind a TLS-terminating proxy that also serves plain HTTP: a request a trusted proxy says
+/// came over `http` while `public_url` is `https` is sent to the https URL, so no cookie or
+/// ticket is ever used over plain HTTP.
+async fn https_only(
+    axum::extract::State(ctx): axum::extract::State<Arc<WebContext>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let plain = ctx.origin(peer, req.headers()).proto == Some(forwarded::Scheme::Http);
+    if plain && ctx.secure_cookies() {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        tracing::info!(%peer, "plain http through a proxy: redirected to the https URL");
+        return axum::response::Redirect::permanent(&format!("{}{path}", ctx.public_url))
+            .into_response();
+    }
+    next.run(req).await
 }
 
 /// `GET /metrics`: the same Prometheus text as the metrics listener.

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod accounts;
+pub mod haproxy;
 pub mod idp;
 pub mod rawssh;
 pub mod redis;
